@@ -1,0 +1,72 @@
+"""What a plugin sees when it proposes settings: hardware, profile, workload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from autotune.hardware import Hardware
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch.utils.data import DataLoader
+
+    from autotune.profile import Profile
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Facts about the user's model and DataLoader that plugins reason about.
+
+    Built by :func:`Workload.inspect`; every field has a neutral default so
+    the CLI can plan without a model (``Workload()``).
+    """
+
+    has_conv2d: bool = False
+    num_parameters: int = 0
+    batch_size: int | None = None
+    dataset_length: int | None = None
+    loader_num_workers: int = 0
+    optimizer: str | None = None
+    #: The live objects, for plugins that need more than the summary.
+    model: Any = field(default=None, compare=False, repr=False)
+    loader: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def inspect(cls, model: "torch.nn.Module | None" = None,
+                loader: "DataLoader | None" = None,
+                optimizer: Any = None) -> "Workload":
+        import torch
+
+        has_conv2d = False
+        num_parameters = 0
+        if model is not None:
+            has_conv2d = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+            num_parameters = sum(p.numel() for p in model.parameters())
+        batch_size = dataset_length = None
+        workers = 0
+        if loader is not None:
+            batch_size = getattr(loader, "batch_size", None)
+            workers = int(getattr(loader, "num_workers", 0))
+            try:
+                dataset_length = len(loader.dataset)
+            except TypeError:  # an IterableDataset without __len__
+                dataset_length = None
+        return cls(has_conv2d=has_conv2d, num_parameters=num_parameters,
+                   batch_size=batch_size, dataset_length=dataset_length,
+                   loader_num_workers=workers,
+                   optimizer=type(optimizer).__name__ if optimizer is not None else None,
+                   model=model, loader=loader)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Passed to ``autotune_configure`` and the other contribution hooks."""
+
+    hardware: Hardware
+    profile: "Profile"
+    workload: Workload = field(default_factory=Workload)
+
+    def options_for(self, plugin: str) -> Mapping[str, Any]:
+        """The matched profile's options for ``plugin`` (reserved keys removed)."""
+        return self.profile.options_for(plugin)

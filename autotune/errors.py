@@ -1,0 +1,31 @@
+"""Exceptions. Each says what was wrong and, where it helps, what to do."""
+
+from __future__ import annotations
+
+
+class AutotuneError(Exception):
+    """Base class: every error autotune raises on bad input derives from it.
+    The CLI turns these into a one-line message and exit code 2."""
+
+
+class ProfileError(AutotuneError):
+    """A profile file is malformed, or a profile name is unknown."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None):
+        self.file = file
+        self.key = key
+        where = ""
+        if file:
+            where = f"{file}"
+            if key:
+                where += f": key '{key}'"
+            where += ": "
+        super().__init__(where + message)
+
+
+class PluginError(AutotuneError):
+    """An unknown plugin name, or a plugin that failed in strict mode."""
+
+
+class PlanError(AutotuneError):
+    """An override or a serialised plan does not fit the plan."""

@@ -1,0 +1,168 @@
+"""The plan: merged settings ``{plugin: {key: Setting}}`` with provenance.
+
+Precedence, lowest to highest (a later source replaces an earlier one):
+
+1. ``default``  — the plugin's own default, from its ``Options`` dataclass
+   or its rules applied to the hardware;
+2. ``profile``  — a value (or range) from the matched hardware profile;
+3. ``measured`` — the winner of a measured trial (the tuner);
+4. ``override`` — what the user passed (``overrides=`` / ``--set``).
+
+The plan is the only thing the engine reads. It is frozen; ``with_*``
+methods return a new plan.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+from autotune.errors import PlanError
+
+
+class Source(str, enum.Enum):
+    DEFAULT = "default"
+    PROFILE = "profile"
+    MEASURED = "measured"
+    OVERRIDE = "override"
+
+    @property
+    def rank(self) -> int:
+        return list(Source).index(self)
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    source: Source = Source.DEFAULT
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source.value, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Setting":
+        return cls(value=data["value"], source=Source(data.get("source", "default")),
+                   reason=data.get("reason", ""))
+
+
+def default(value: Any, reason: str) -> Setting:
+    return Setting(value, Source.DEFAULT, reason)
+
+
+def from_profile(value: Any, reason: str) -> Setting:
+    return Setting(value, Source.PROFILE, reason)
+
+
+@dataclass(frozen=True)
+class Plan:
+    #: ``{plugin: {key: Setting}}`` for every plugin that contributed.
+    settings: Mapping[str, Mapping[str, Setting]] = field(default_factory=dict)
+    #: Plugins that are loaded but contribute nothing, with the reason
+    #: ("disabled by profile generic_cpu", "blocked by disable=[...]", an error).
+    disabled: Mapping[str, str] = field(default_factory=dict)
+    profile: str = ""
+    hardware_fingerprint: str = ""
+
+    # -- reading -----------------------------------------------------------
+    def __contains__(self, plugin: object) -> bool:
+        return plugin in self.settings
+
+    def plugins(self) -> tuple[str, ...]:
+        return tuple(self.settings)
+
+    def is_enabled(self, plugin: str) -> bool:
+        return plugin in self.settings
+
+    def get(self, plugin: str, key: str, fallback: Any = None) -> Any:
+        """The value of ``plugin.key``, or ``fallback`` when absent or disabled."""
+        setting = self.settings.get(plugin, {}).get(key)
+        return fallback if setting is None else setting.value
+
+    def setting(self, plugin: str, key: str) -> Setting | None:
+        return self.settings.get(plugin, {}).get(key)
+
+    def values(self, plugin: str) -> dict[str, Any]:
+        """``{key: value}`` for one plugin; empty when it is disabled."""
+        return {k: s.value for k, s in self.settings.get(plugin, {}).items()}
+
+    def rows(self) -> Iterator[tuple[str, str, Setting]]:
+        for plugin, keys in self.settings.items():
+            for key, setting in keys.items():
+                yield plugin, key, setting
+
+    # -- deriving ----------------------------------------------------------
+    def with_values(self, plugin: str, values: Mapping[str, Any], source: Source,
+                    reason: str) -> "Plan":
+        """A new plan with ``values`` set for ``plugin``, unless a setting of
+        higher precedence is already there (a user override beats a
+        measurement)."""
+        settings = {p: dict(k) for p, k in self.settings.items()}
+        current = settings.setdefault(plugin, {})
+        for key, value in values.items():
+            old = current.get(key)
+            if old is not None and old.source.rank > source.rank:
+                continue
+            current[key] = Setting(value, source, reason)
+        disabled = {p: r for p, r in self.disabled.items() if p != plugin}
+        return replace(self, settings=settings, disabled=disabled)
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Plan":
+        """Apply user overrides. An unknown plugin or key is an error that
+        lists what is known, so a typo never passes silently."""
+        plan = self
+        for plugin, values in overrides.items():
+            if plugin not in self.settings:
+                known = ", ".join(sorted(self.settings)) or "(none)"
+                why = self.disabled.get(plugin)
+                hint = f" ({plugin} is disabled: {why})" if why else ""
+                raise PlanError(f"override for unknown or disabled plugin {plugin!r}{hint}; "
+                                f"plugins in the plan: {known}")
+            if not isinstance(values, Mapping):
+                raise PlanError(f"override for {plugin!r} must be a mapping of key: value, "
+                                f"got {type(values).__name__}")
+            unknown = set(values) - set(self.settings[plugin])
+            if unknown:
+                raise PlanError(f"unknown key(s) {sorted(unknown)} for plugin {plugin!r}; "
+                                f"known keys: {sorted(self.settings[plugin])}")
+            plan = plan.with_values(plugin, values, Source.OVERRIDE, "set by the user")
+        return plan
+
+    # -- serialising -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "hardware_fingerprint": self.hardware_fingerprint,
+            "plugins": {p: {k: s.to_dict() for k, s in keys.items()}
+                        for p, keys in self.settings.items()},
+            "disabled": dict(self.disabled),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
+        try:
+            settings = {p: {k: Setting.from_dict(s) for k, s in keys.items()}
+                        for p, keys in data.get("plugins", {}).items()}
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise PlanError(f"malformed plan: {exc!r}") from exc
+        return cls(settings=settings, disabled=dict(data.get("disabled", {})),
+                   profile=data.get("profile", ""),
+                   hardware_fingerprint=data.get("hardware_fingerprint", ""))
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), indent=2, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Plan":
+        return cls.from_dict(yaml.safe_load(text))

@@ -1,0 +1,55 @@
+"""Detect, match a profile, ask the plugins, apply overrides: the plan."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from autotune.context import Context, Workload
+from autotune.detect import detect
+from autotune.hardware import Hardware
+from autotune.manager import PluginManager
+from autotune.plan import Plan
+from autotune.profile import Recommendation, get_profile, load_profiles, recommend
+
+log = logging.getLogger("autotune.planner")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A plan and everything it was made from."""
+
+    plan: Plan
+    context: Context
+    recommendation: Recommendation
+    manager: PluginManager
+
+
+def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
+              workload: Workload | None = None, disable: Iterable[str] = (),
+              overrides: Mapping[str, Mapping[str, Any]] | None = None,
+              profile_dirs: Iterable[str | os.PathLike[str]] = (),
+              plugins: Iterable[Any] = (), strict: bool = False,
+              manager: PluginManager | None = None) -> Planned:
+    """Make a plan. ``profile`` forces a profile by name instead of matching.
+
+    Raises :class:`~autotune.errors.AutotuneError` subclasses on bad input
+    (unknown profile or plugin, malformed profile, bad override).
+    """
+    manager = manager or PluginManager(disable=disable, plugins=plugins, strict=strict)
+    manager.load()
+    hardware = manager.detect(hardware if hardware is not None else detect())
+    profiles = load_profiles(profile_dirs)
+    recommendation = recommend(hardware, profiles.values())
+    if profile is not None:
+        chosen = get_profile(profile, profiles)
+        recommendation = Recommendation(chosen, recommendation.results)
+    context = Context(hardware=hardware, profile=recommendation.profile,
+                      workload=workload or Workload())
+    plan = manager.configure(context)
+    if overrides:
+        plan = plan.with_overrides(overrides)
+    log.info("plan made with profile %s: %d plugins", plan.profile, len(plan.settings))
+    return Planned(plan=plan, context=context, recommendation=recommendation, manager=manager)

@@ -1,0 +1,57 @@
+"""Gradient accumulation: optimizer step every ``steps`` micro-batches.
+
+Profile options::
+
+    accumulation:
+      steps: 1                 # micro-batches per optimizer step
+      target_batch_size: 256   # or: derive steps from the loader's batch size
+
+With ``target_batch_size`` and a known loader batch size, ``steps`` is
+``ceil(target / batch)``. The engine divides the loss by the number of
+micro-batches in each window (the last window may be shorter) and skips
+DDP gradient sync on all but the last micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from autotune import hookimpl
+from autotune.context import Context, Workload
+from autotune.hardware import Hardware
+from autotune.options import parse_options
+from autotune.plan import Setting, default, from_profile
+
+NAME = "accumulation"
+
+
+@dataclass(frozen=True)
+class Options:
+    steps: int | None = None
+    target_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"accumulation.steps must be >= 1, got {self.steps}")
+
+
+def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,
+            workload: Workload | None = None) -> dict[str, Setting]:
+    """This plugin's settings for ``hardware``; pure, no global state."""
+    given = dict(profile_options or {})
+    options = parse_options(NAME, Options, given)
+    batch = workload.batch_size if workload else None
+    if options.steps is not None:
+        return {"steps": from_profile(options.steps, f"profile sets {options.steps} micro-batches per step")}
+    if options.target_batch_size and batch:
+        steps = max(1, math.ceil(options.target_batch_size / batch))
+        return {"steps": from_profile(
+            steps, f"effective batch {options.target_batch_size} from batches of {batch}")}
+    return {"steps": default(1, "one optimizer step per batch (PyTorch's behaviour)")}
+
+
+@hookimpl
+def autotune_configure(context: Context) -> dict[str, Setting]:
+    return propose(context.hardware, context.options_for(NAME), context.workload)

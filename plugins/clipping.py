@@ -1,0 +1,60 @@
+"""Gradient clipping, after unscaling, with the pre-clip norm recorded.
+
+Profile options::
+
+    clipping:
+      max_norm: 1.0     # clip_grad_norm_; null = record the norm, clip nothing
+      norm_type: 2.0
+      clip_value: null  # clip_grad_value_ instead, when set
+
+The default clips the global 2-norm at 1.0, the usual guard against
+exploding gradients; a profile or override can set ``max_norm: null``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from autotune import hookimpl
+from autotune.context import Context, Workload
+from autotune.hardware import Hardware
+from autotune.options import parse_options
+from autotune.plan import Setting, default, from_profile
+
+NAME = "clipping"
+
+
+@dataclass(frozen=True)
+class Options:
+    max_norm: float | None = 1.0
+    norm_type: float = 2.0
+    clip_value: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_norm", "clip_value"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"clipping.{key} must be > 0 or null, got {value}")
+
+
+def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,
+            workload: Workload | None = None) -> dict[str, Setting]:
+    """This plugin's settings for ``hardware``; pure, no global state."""
+    given = dict(profile_options or {})
+    options = parse_options(NAME, Options, given)
+
+    def make(key: str, why: str) -> Setting:
+        value = getattr(options, key)
+        return from_profile(value, f"profile sets {key}") if key in given else default(value, why)
+
+    return {
+        "max_norm": make("max_norm", "clip the global gradient norm (guards against spikes)"),
+        "norm_type": make("norm_type", "Euclidean norm"),
+        "clip_value": make("clip_value", "no element-wise clipping"),
+    }
+
+
+@hookimpl
+def autotune_configure(context: Context) -> dict[str, Setting]:
+    return propose(context.hardware, context.options_for(NAME), context.workload)

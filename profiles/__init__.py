@@ -1,0 +1,1 @@
+"""Built-in hardware profiles (YAML) and profile.schema.json."""
