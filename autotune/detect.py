@@ -4,6 +4,10 @@ Every source is optional. When one is missing or fails, detection still
 returns a correct :class:`~autotune.hardware.Hardware` and records why in
 ``Hardware.notes``; it never raises for a missing driver or library.
 
+NVML lists every GPU in the machine and ignores ``CUDA_VISIBLE_DEVICES``, so
+its list is filtered by that variable and re-indexed the way torch numbers
+the devices.
+
 Detection is cached per process (``functools.lru_cache``): py-cpuinfo's
 portable path spawns a subprocess and can take over a second, so on Linux we
 read ``/proc/cpuinfo`` directly and use py-cpuinfo only as a fallback.
@@ -16,10 +20,13 @@ import logging
 import os
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import EllipsisType
 
 import psutil
 
+from autotune.cgroups import cgroup_cpu_quota, cgroup_memory_limit
 from autotune.hardware import CPU, GPU, RELEVANT_CPU_FLAGS, Hardware, Memory
 
 log = logging.getLogger("autotune.detect")
@@ -48,42 +55,57 @@ def _read_proc_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     return info
 
 
-def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs allowed by the cgroup (v2 ``cpu.max`` or v1 CFS quota), or None."""
-    try:
-        max_file = root / "cpu.max"
-        if max_file.exists():
-            quota, _, period = max_file.read_text().strip().partition(" ")
-            if quota != "max":
-                return int(quota) / int(period or 100000)
-            return None
-        quota_file = root / "cpu" / "cpu.cfs_quota_us"
-        period_file = root / "cpu" / "cpu.cfs_period_us"
-        if quota_file.exists() and period_file.exists():
-            quota_us = int(quota_file.read_text().strip())
-            if quota_us > 0:
-                return quota_us / int(period_file.read_text().strip())
-    except (OSError, ValueError) as exc:
-        log.debug("cgroup CPU quota unreadable: %s", exc)
-    return None
+__all__ = ["cgroup_cpu_quota", "detect", "usable_cpu_count"]
 
 
-def usable_cpu_count(logical: int, notes: list[str]) -> float:
-    """min(affinity mask, cgroup quota): what this process may really use."""
+def usable_cpu_count(logical: int, notes: list[str], *, affinity: set[int] | None = None,
+                     quota: float | None | EllipsisType = ...) -> float:
+    """min(affinity mask, cgroup quota): what this process may really use.
+
+    ``affinity`` and ``quota`` default to this process's own (tests pass
+    their own; ``quota=None`` means no quota); a limit below ``logical`` is
+    recorded in ``notes``.
+    """
     usable: float = float(logical)
-    if hasattr(os, "sched_getaffinity"):
-        usable = float(len(os.sched_getaffinity(0)))
-    quota = cgroup_cpu_quota()
+    if affinity is None and hasattr(os, "sched_getaffinity"):
+        affinity = os.sched_getaffinity(0)
+    if affinity:
+        usable = float(len(affinity))
+        if usable < logical:
+            notes.append(f"CPU affinity allows {len(affinity)} of {logical} logical CPUs")
+    if quota is ...:
+        quota = cgroup_cpu_quota()
     if quota is not None and quota < usable:
         notes.append(f"cgroup limits this process to {quota:g} CPUs of {logical}")
         usable = quota
     return usable
 
 
+def _detect_memory(notes: list[str]) -> Memory:
+    """Machine memory, clamped to the cgroup limit when one is tighter."""
+    try:
+        vm = psutil.virtual_memory()
+        total, available = int(vm.total), int(vm.available)
+    except Exception as exc:  # noqa: BLE001 - e.g. /proc not mounted
+        notes.append(f"memory unknown: psutil failed ({exc})")
+        return Memory(total_bytes=0, available_bytes=0)
+    limit = cgroup_memory_limit()
+    if limit is not None and limit[0] < total:
+        cap, used = limit
+        notes.append(f"cgroup limits this process to {cap / 1024**3:.1f} GiB "
+                     f"of {total / 1024**3:.1f} GiB memory")
+        total, available = cap, max(0, min(available, cap - used))
+    return Memory(total_bytes=total, available_bytes=available)
+
+
 def _detect_cpu(notes: list[str]) -> CPU:
     arch = platform.machine() or "unknown"
-    logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
-    physical = psutil.cpu_count(logical=False) or logical
+    try:
+        logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
+        physical = psutil.cpu_count(logical=False) or logical
+    except Exception as exc:  # noqa: BLE001 - e.g. /proc or /sys not mounted
+        notes.append(f"core counts from os.cpu_count(): psutil failed ({exc})")
+        logical = physical = os.cpu_count() or 1
     info = _read_proc_cpuinfo()
     brand = info.get("model name", "")
     vendor_id = info.get("vendor_id", "")
@@ -157,27 +179,48 @@ def _gpus_from_nvml(notes: list[str]) -> tuple[GPU, ...] | None:
 
 
 def _gpus_from_torch(notes: list[str]) -> tuple[GPU, ...]:
-    import torch
+    try:
+        import torch
 
-    if not torch.cuda.is_available():
-        if torch.version.cuda is None:
-            notes.append("no GPU: this torch is a CPU-only build")
-        else:
-            notes.append("no GPU: torch.cuda.is_available() is False")
+        if not torch.cuda.is_available():
+            if torch.version.cuda is None:
+                notes.append("no GPU: this torch is a CPU-only build")
+            else:
+                notes.append("no GPU: torch.cuda.is_available() is False")
+            return ()
+        gpus = []
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            gpus.append(GPU(index=index, name=props.name,
+                            memory_total_bytes=int(props.total_memory),
+                            compute_capability=(props.major, props.minor), source="torch"))
+        return tuple(gpus)
+    except Exception as exc:  # noqa: BLE001 - a broken CUDA install is a note, not a crash
+        notes.append(f"no GPU: torch.cuda failed ({type(exc).__name__}: {exc})")
         return ()
-    gpus = []
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        gpus.append(
-            GPU(
-                index=index,
-                name=props.name,
-                memory_total_bytes=int(props.total_memory),
-                compute_capability=(props.major, props.minor),
-                source="torch",
-            )
-        )
-    return tuple(gpus)
+
+
+def visible_gpus(gpus: tuple[GPU, ...], visible: str | None,
+                 notes: list[str]) -> tuple[GPU, ...]:
+    """The GPUs ``CUDA_VISIBLE_DEVICES`` leaves to this process, in its order
+    and re-indexed as torch numbers them. NVML itself ignores that variable.
+
+    Entries are indices or UUID prefixes; like CUDA, the list ends at the
+    first entry that names no device.
+    """
+    if visible is None:
+        return gpus
+    chosen: list[GPU] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        match = next((g for g in gpus if entry and (entry == str(g.index)
+                      or (g.uuid and g.uuid.startswith(entry)))), None)
+        if match is None or match in chosen:
+            break
+        chosen.append(match)
+    if len(chosen) < len(gpus):
+        notes.append(f"CUDA_VISIBLE_DEVICES={visible!r} leaves {len(chosen)} of {len(gpus)} GPUs"
+                     + (" (no GPU visible)" if not chosen else ""))
+    return tuple(replace(g, index=i) for i, g in enumerate(chosen))
 
 
 def _detect_gpus(notes: list[str]) -> tuple[GPU, ...]:
@@ -186,29 +229,43 @@ def _detect_gpus(notes: list[str]) -> tuple[GPU, ...]:
         return _gpus_from_torch(notes)
     if not gpus:
         notes.append("no GPU: NVML reports 0 devices")
-    return gpus
+        return gpus
+    return visible_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), notes)
+
+
+def _torch_versions(notes: list[str]) -> tuple[str, str, bool]:
+    """(torch version, CUDA build version, torch can use a GPU)."""
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - a broken torch install must not break detect
+        notes.append(f"torch unavailable: {type(exc).__name__}: {exc}")
+        return "", "", False
+    try:
+        usable = bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        usable = False
+    return torch.__version__, torch.version.cuda or "", usable
 
 
 @functools.lru_cache(maxsize=1)
 def _detect_cached() -> Hardware:
-    import torch
-
     notes: list[str] = []
     cpu = _detect_cpu(notes)
-    vm = psutil.virtual_memory()
-    gpus = _detect_gpus(notes)
-    cuda_available = bool(gpus) and torch.cuda.is_available()
+    memory = _detect_memory(notes)
+    torch_version, cuda_version, torch_cuda = _torch_versions(notes)
+    gpus = _detect_gpus(notes) if torch_version else (_gpus_from_nvml(notes) or ())
+    cuda_available = bool(gpus) and torch_cuda
     if gpus and not cuda_available:
         notes.append("GPUs found by NVML, but this torch cannot use them "
-                     f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+                     f"(torch {torch_version or 'missing'}, CUDA build: {cuda_version or 'none'})")
     return Hardware(
         cpu=cpu,
-        memory=Memory(total_bytes=int(vm.total), available_bytes=int(vm.available)),
+        memory=memory,
         gpus=gpus,
         os=f"{platform.system()} {platform.release()}",
         python_version=platform.python_version(),
-        torch_version=torch.__version__,
-        cuda_version=torch.version.cuda or "",
+        torch_version=torch_version,
+        cuda_version=cuda_version,
         cuda_available=cuda_available,
         notes=tuple(notes),
     )

@@ -11,7 +11,9 @@ blocked third-party plugin.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import re
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import pluggy
 
 from autotune import hookspecs
 from autotune.context import Context
-from autotune.errors import PluginError
+from autotune.errors import PluginError, ProfileError
 from autotune.hardware import Hardware
 from autotune.plan import Plan, Setting, Source
 
@@ -48,6 +50,10 @@ BUILTIN_PLUGINS = (
 )
 
 
+#: Every hook a plugin may implement (the functions in autotune.hookspecs).
+HOOK_NAMES = frozenset(n for n in vars(hookspecs) if n.startswith(hookspecs.PROJECT_NAME + "_"))
+
+
 class PluginWarning(UserWarning):
     """A plugin failed and was left out."""
 
@@ -71,6 +77,22 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _canonical(dist_name: str) -> str:
+    """PEP 503 normalisation: metadata may spell it torch_autotune."""
+    return re.sub(r"[-_.]+", "-", dist_name).lower()
+
+
+def _check_json(value: Any, what: str) -> None:
+    """Plans and hardware facts are saved as JSON; refuse what would not
+    round-trip (a tuple comes back as a list, a dtype not at all)."""
+    try:
+        if json.loads(json.dumps(value)) != value:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be plain JSON data (str, int, float, bool, None, "
+                        f"list, dict with str keys), got {value!r}") from None
+
+
 class PluginManager:
     """Loads and calls autotune plugins.
 
@@ -81,18 +103,25 @@ class PluginManager:
     :param plugins: extra plugin objects to register directly, as
         ``(name, object)`` pairs or objects with a ``NAME`` attribute.
     :param strict: re-raise a plugin's exception instead of leaving it out.
+    :param disabled_by: how ``disable`` is named in the reasons the plan
+        records (the CLI passes ``"--disable"``).
     """
 
     def __init__(self, *, disable: Iterable[str] = (), autoload: bool | None = None,
-                 plugins: Iterable[Any] = (), strict: bool = False) -> None:
+                 plugins: Iterable[Any] = (), strict: bool = False,
+                 disabled_by: str = "disable=[...]") -> None:
         self.strict = strict
-        self.autoload = (not _truthy(os.environ.get(NO_AUTOLOAD_ENV))
-                         if autoload is None else autoload)
+        if autoload is None:
+            self.autoload = not _truthy(os.environ.get(NO_AUTOLOAD_ENV))
+            self._no_autoload_reason = f"${NO_AUTOLOAD_ENV} is set"
+        else:
+            self.autoload = autoload
+            self._no_autoload_reason = "autoload=False"
         self._disable_sources: dict[str, str] = {}
         for name in _env_list(DISABLE_ENV):
             self._disable_sources[name] = f"disabled by ${DISABLE_ENV}"
         for name in disable:
-            self._disable_sources[name] = "disabled by the caller (disable=...)"
+            self._disable_sources[name] = f"disabled by {disabled_by}"
         self._extra = list(plugins)
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
@@ -107,7 +136,8 @@ class PluginManager:
         third: dict[str, metadata.EntryPoint] = {}
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
-            target = builtin if dist is not None and dist.name == DISTRIBUTION else third
+            ours = dist is not None and _canonical(dist.name) == DISTRIBUTION
+            target = builtin if ours else third
             target.setdefault(ep.name, ep)
         return builtin, third
 
@@ -129,12 +159,23 @@ class PluginManager:
         message = f"plugin {name!r} failed {during} and was left out: {type(exc).__name__}: {exc}"
         if self.strict:
             raise PluginError(message) from exc
+        # The warning is what users see (the CLI prints it as one line);
+        # logging it as well would show it twice.
         warnings.warn(message, PluginWarning, stacklevel=3)
-        log.warning(message)
+        log.debug(message)
         self._failed[name] = f"failed {during}: {type(exc).__name__}: {exc}"
         self._infos[name] = PluginInfo(name, origin, "failed", str(exc))
 
     def _register(self, name: str, origin: str, load: Callable[[], Any]) -> None:
+        if name in self._infos:
+            # Two plugins with one name: keep the first (built-ins come first),
+            # so a third-party package cannot silently replace a built-in.
+            message = (f"plugin name {name!r} from {origin} is already taken by "
+                       f"{self._infos[name].origin}; the second one was ignored")
+            if self.strict:
+                raise PluginError(message)
+            warnings.warn(message, PluginWarning, stacklevel=3)
+            return
         if self._pm.is_blocked(name):
             self._infos[name] = PluginInfo(name, origin, "blocked", self._disable_sources[name])
             return
@@ -146,18 +187,33 @@ class PluginManager:
             return
         hooks = tuple(sorted(h.name for h in self._pm.get_hookcallers(plugin) or ()))
         self._infos[name] = PluginInfo(name, origin, "loaded", hooks=hooks)
+        self._warn_undecorated(name, plugin, hooks)
+
+    def _warn_undecorated(self, name: str, plugin: Any, hooks: tuple[str, ...]) -> None:
+        """pluggy only sees functions marked ``@autotune.hookimpl``; a hook
+        that lacks the marker would be ignored without a word."""
+        for attr in dir(plugin):
+            if not attr.startswith(hookspecs.PROJECT_NAME + "_") or attr in hooks:
+                continue
+            if not callable(getattr(plugin, attr, None)):
+                continue
+            known = attr in HOOK_NAMES
+            warnings.warn(
+                f"plugin {name!r} has {attr}() without @autotune.hookimpl, so it is never "
+                + ("called; add the decorator" if known else "called (and no hook has that "
+                   "name: a typo?)"), PluginWarning, stacklevel=4)
 
     def load(self) -> "PluginManager":
         """Block, register built-ins, then entry points; validate. Once."""
         if self._loaded:
             return self
-        self._loaded = True
         builtin_eps, third_eps = self._entry_points()
         known = self.known_names()
         unknown = sorted(set(self._disable_sources) - set(known))
         if unknown:
             raise PluginError(f"unknown plugin name(s) to disable: {', '.join(unknown)}; "
                               f"known plugins: {', '.join(known)}")
+        self._loaded = True
         for name in self._disable_sources:
             self._pm.set_blocked(name)
 
@@ -170,8 +226,9 @@ class PluginManager:
             dist = getattr(ep, "dist", None)
             origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
             if not self.autoload:
-                self._infos[name] = PluginInfo(name, origin, "not autoloaded",
-                                               f"${NO_AUTOLOAD_ENV} is set")
+                if name not in self._infos:
+                    self._infos[name] = PluginInfo(name, origin, "not autoloaded",
+                                                   f"not autoloaded: {self._no_autoload_reason}")
                 continue
             self._register(name, origin, ep.load)
         for plugin in self._extra:
@@ -230,14 +287,30 @@ class PluginManager:
                 continue
             try:
                 yield name, impl.function(**{a: kwargs[a] for a in impl.argnames})
+            except ProfileError as exc:
+                # The plugin rejected its profile section: bad input, not a
+                # plugin bug, so it is an error naming the profile file.
+                context = kwargs.get("context")
+                profile = getattr(context, "profile", None)
+                raise ProfileError(str(exc), file=getattr(profile, "path", None) or None,
+                                   key=f"plugins.{name}") from exc
             except Exception as exc:  # noqa: BLE001
                 self._fail(name, self._infos[name].origin, exc, f"in {hook_name}")
 
     # -- hooks -------------------------------------------------------------
     def detect(self, hardware: Hardware) -> Hardware:
         for name, facts in self._call_each("autotune_detect", {"hardware": hardware}):
-            if facts:
-                hardware = hardware.with_extra(name, facts)
+            if not facts:
+                continue
+            try:
+                if not isinstance(facts, Mapping):
+                    raise TypeError(f"autotune_detect must return a mapping of facts, "
+                                    f"got {type(facts).__name__}")
+                _check_json(dict(facts), "autotune_detect facts")
+            except TypeError as exc:
+                self._fail(name, self._infos[name].origin, exc, "in autotune_detect")
+                continue
+            hardware = hardware.with_extra(name, facts)
         return hardware
 
     def configure(self, context: Context) -> Plan:
@@ -265,28 +338,38 @@ class PluginManager:
                     hardware_fingerprint=context.hardware.fingerprint)
 
     def candidates(self, context: Context, plan: Plan) -> dict[str, list[dict[str, Any]]]:
+        """Each plugin's alternatives worth a trial; a malformed answer (a
+        key the plugin did not propose) counts as that plugin failing."""
         out: dict[str, list[dict[str, Any]]] = {}
         for name, result in self._call_each("autotune_candidates",
                                             {"context": context, "plan": plan}, plan.plugins()):
-            if result:
-                out[name] = [dict(c) for c in result]
+            if not result:
+                continue
+            try:
+                out[name] = _as_candidates(name, result, plan)
+            except TypeError as exc:
+                self._fail(name, self._infos[name].origin, exc, "in autotune_candidates")
         return out
 
-    def apply_model(self, model: Any, plan: Plan, context: Context) -> Any:
-        for _name, result in self._call_each("autotune_apply_model",
-                                             {"model": model, "plan": plan, "context": context},
-                                             plan.plugins()):
-            if result is not None:
-                model = result
-        return model
+    def _chain(self, hook_name: str, key: str, value: Any, plan: Plan, context: Context,
+               report: Any = None) -> Any:
+        """Each plugin gets the previous plugin's result: ``_call_each``
+        reads ``kwargs`` afresh for every call, so updating it passes it on."""
+        if report is None:
+            from autotune.report import Report
 
-    def apply_loader(self, loader: Any, plan: Plan, context: Context) -> Any:
-        for _name, result in self._call_each("autotune_apply_loader",
-                                             {"loader": loader, "plan": plan, "context": context},
-                                             plan.plugins()):
+            report = Report()
+        kwargs = {key: value, "plan": plan, "context": context, "report": report}
+        for _name, result in self._call_each(hook_name, kwargs, plan.plugins()):
             if result is not None:
-                loader = result
-        return loader
+                kwargs[key] = result
+        return kwargs[key]
+
+    def apply_model(self, model: Any, plan: Plan, context: Context, report: Any = None) -> Any:
+        return self._chain("autotune_apply_model", "model", model, plan, context, report)
+
+    def apply_loader(self, loader: Any, plan: Plan, context: Context, report: Any = None) -> Any:
+        return self._chain("autotune_apply_loader", "loader", loader, plan, context, report)
 
     def setup_engine(self, engine: Any, plan: Plan) -> None:
         for _ in self._call_each("autotune_setup_engine", {"engine": engine, "plan": plan},
@@ -300,6 +383,26 @@ def _as_settings(plugin: str, result: Any) -> dict[str, Setting]:
                         f"got {type(result).__name__}")
     out = {}
     for key, value in result.items():
-        out[str(key)] = value if isinstance(value, Setting) else Setting(
+        setting = value if isinstance(value, Setting) else Setting(
             value, Source.DEFAULT, f"proposed by {plugin}")
+        _check_json(setting.value, f"{plugin}.{key}")
+        out[str(key)] = setting
+    return out
+
+
+def _as_candidates(plugin: str, result: Any, plan: Plan) -> list[dict[str, Any]]:
+    if isinstance(result, Mapping) or not isinstance(result, (list, tuple)):
+        raise TypeError(f"autotune_candidates must return a list of {{key: value}} "
+                        f"mappings, got {type(result).__name__}")
+    known = set(plan.values(plugin))
+    out = []
+    for candidate in result:
+        if not isinstance(candidate, Mapping):
+            raise TypeError(f"a candidate must be a mapping, got {candidate!r}")
+        unknown = sorted(set(candidate) - known)
+        if unknown:
+            raise TypeError(f"candidate {dict(candidate)!r} has key(s) {unknown} that "
+                            f"{plugin} did not propose; known: {sorted(known)}")
+        _check_json(dict(candidate), f"{plugin} candidate")
+        out.append(dict(candidate))
     return out

@@ -50,6 +50,30 @@ class Setting:
                    reason=data.get("reason", ""))
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _check_kind(plugin: str, key: str, proposed: Any, value: Any) -> None:
+    """An override must be the same kind of value the plugin proposed
+    (``null`` is always allowed: it means "not set"), so that
+    ``--set dataloader.pin_memory=yes`` fails here, not deep in training."""
+    if proposed is None or value is None or _kind(proposed) == _kind(value):
+        return
+    raise PlanError(f"override {plugin}.{key}={value!r} is {_kind(value)}, but {plugin} "
+                    f"proposes {_kind(proposed)} there (now {proposed!r})")
+
+
 def default(value: Any, reason: str) -> Setting:
     return Setting(value, Source.DEFAULT, reason)
 
@@ -129,6 +153,8 @@ class Plan:
             if unknown:
                 raise PlanError(f"unknown key(s) {sorted(unknown)} for plugin {plugin!r}; "
                                 f"known keys: {sorted(self.settings[plugin])}")
+            for key, value in values.items():
+                _check_kind(plugin, key, self.settings[plugin][key].value, value)
             plan = plan.with_values(plugin, values, Source.OVERRIDE, "set by the user")
         return plan
 
@@ -144,25 +170,38 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
+        if not isinstance(data, Mapping):
+            raise PlanError(f"malformed plan: expected a mapping, got {type(data).__name__}")
         try:
-            settings = {p: {k: Setting.from_dict(s) for k, s in keys.items()}
-                        for p, keys in data.get("plugins", {}).items()}
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise PlanError(f"malformed plan: {exc!r}") from exc
-        return cls(settings=settings, disabled=dict(data.get("disabled", {})),
-                   profile=data.get("profile", ""),
-                   hardware_fingerprint=data.get("hardware_fingerprint", ""))
+            settings = {str(p): {str(k): Setting.from_dict(s) for k, s in keys.items()}
+                        for p, keys in (data.get("plugins") or {}).items()}
+            disabled = {str(p): str(r) for p, r in (data.get("disabled") or {}).items()}
+        except KeyError as exc:
+            raise PlanError(f"malformed plan: a setting lacks {exc}") from exc
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise PlanError(f"malformed plan: {exc}") from exc
+        return cls(settings=settings, disabled=disabled,
+                   profile=str(data.get("profile", "")),
+                   hardware_fingerprint=str(data.get("hardware_fingerprint", "")))
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), indent=2, **kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> "Plan":
-        return cls.from_dict(yaml.safe_load(text))
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PlanError(f"plan is not valid YAML: {exc}") from exc
+        return cls.from_dict(data)

@@ -35,6 +35,9 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
               manager: PluginManager | None = None) -> Planned:
     """Make a plan. ``profile`` forces a profile by name instead of matching.
 
+    ``disable``, ``plugins`` and ``strict`` build the plugin manager; when a
+    ``manager`` is passed they are ignored (give them to the manager).
+
     Raises :class:`~autotune.errors.AutotuneError` subclasses on bad input
     (unknown profile or plugin, malformed profile, bad override).
     """
@@ -45,7 +48,8 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
     recommendation = recommend(hardware, profiles.values())
     if profile is not None:
         chosen = get_profile(profile, profiles)
-        recommendation = Recommendation(chosen, recommendation.results)
+        recommendation = Recommendation(chosen, recommendation.results,
+                                        forced_by=f"name ({profile!r} was asked for)")
     context = Context(hardware=hardware, profile=recommendation.profile,
                       workload=workload or Workload())
     plan = manager.configure(context)

@@ -156,15 +156,34 @@ class Recommendation:
 
     profile: Profile
     results: tuple[MatchResult, ...]
+    #: Set when the profile was chosen by name (``profile=``, ``--profile``)
+    #: instead of by matching; says by what.
+    forced_by: str = ""
+
+    def result_for(self, name: str) -> MatchResult | None:
+        return next((r for r in self.results if r.profile.name == name), None)
+
+    def rejected(self) -> tuple[MatchResult, ...]:
+        """The profiles that do not fit this machine, each with its failed rules."""
+        return tuple(r for r in self.results if not r.matched)
 
     @property
     def why(self) -> str:
-        chosen = next(r for r in self.results if r.profile.name == self.profile.name)
+        chosen = self.result_for(self.profile.name)
+        if self.forced_by:
+            fit = ("its rules hold" if chosen is None or chosen.matched
+                   else f"although it does not match: {chosen.reason}")
+            return f"chosen by {self.forced_by}; {fit}"
+        assert chosen is not None
         others = [r for r in self.results if r.matched and r.profile.name != self.profile.name]
+        if not chosen.verdicts:
+            return ("no more specific profile matches this machine, and this one has no "
+                    "match rules: the fallback for any machine")
         text = chosen.reason
         if others:
+            rules = chosen.profile.specificity
             text += (f"; most specific of {len(others) + 1} matching profiles "
-                     f"({chosen.profile.specificity} rules)")
+                     f"({rules} rule{'s' * (rules != 1)})")
         return text
 
 
@@ -211,22 +230,58 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(_SCHEMA)
 
 
+def _describe(schema: Mapping[str, Any]) -> str:
+    """A schema branch in words: 'an integer >= 0', 'a list of 2 integers'."""
+    kinds = schema.get("type", "value")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    words = {"integer": "an integer", "number": "a number", "string": "a string",
+             "boolean": "true/false", "null": "null", "object": "a mapping",
+             "array": "a list"}
+    text = " or ".join(words.get(k, k) for k in kinds)
+    if "minimum" in schema:
+        text += f" >= {schema['minimum']}"
+    if "exclusiveMinimum" in schema:
+        text += f" > {schema['exclusiveMinimum']}"
+    if "array" in kinds and schema.get("minItems") == schema.get("maxItems") is not None:
+        text = f"a list of {schema['minItems']} ({_describe(schema.get('items', {}))})"
+    if "object" in kinds and schema.get("properties"):
+        text += " with keys " + "/".join(schema["properties"])
+    if "enum" in schema:
+        text = "one of " + ", ".join(map(str, schema["enum"]))
+    return text
+
+
+def _explain_error(err: Any) -> Any:
+    """For a ``oneOf`` failure, the error inside the branch whose type fits
+    (``{min: big}`` -> ``min: 'big' is not a number``); else the error itself."""
+    if err.validator == "oneOf" and err.context:
+        typed = [e for e in err.context if e.validator != "type" or e.relative_path]
+        if typed:
+            return _explain_error(min(typed, key=lambda e: -len(e.absolute_path)))
+    return err
+
+
 def validate(data: Any, file: str) -> None:
     """Raise :class:`ProfileError` naming file, key and reason for the first
     schema violation (the one nearest the top of the document)."""
     if not isinstance(data, Mapping):
         raise ProfileError(f"a profile must be a mapping, got {type(data).__name__}", file=file)
     errors = sorted(_validator().iter_errors(data), key=lambda e: (len(e.absolute_path), e.message))
-    if errors:
-        err = errors[0]
-        key = ".".join(str(p) for p in err.absolute_path) or None
-        if err.validator == "additionalProperties":
-            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-            if extra:
-                key = ".".join([*(str(p) for p in err.absolute_path), str(extra[0])])
-                allowed = ", ".join(sorted(err.schema.get("properties", {})))
-                raise ProfileError(f"unknown key; allowed here: {allowed}", file=file, key=key)
-        raise ProfileError(err.message, file=file, key=key)
+    if not errors:
+        return
+    err = _explain_error(errors[0])
+    key = ".".join(str(p) for p in err.absolute_path) or None
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            key = ".".join([*(str(p) for p in err.absolute_path), str(extra[0])])
+            allowed = ", ".join(sorted(err.schema.get("properties", {})))
+            raise ProfileError(f"unknown key; allowed here: {allowed}", file=file, key=key)
+    if err.validator == "oneOf":
+        expected = " or ".join(_describe(b) for b in err.schema["oneOf"])
+        raise ProfileError(f"{err.instance!r} is not valid; expected {expected}",
+                           file=file, key=key)
+    raise ProfileError(err.message, file=file, key=key)
 
 
 def load_file(path: Path, origin: str = "user") -> Profile:
@@ -267,7 +322,12 @@ def profile_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[tuple[Pat
     dirs = [(builtin_profile_dir(), "builtin")]
     env = os.environ.get(PROFILE_PATH_ENV, "")
     dirs += [(Path(p), "user") for p in env.split(os.pathsep) if p]
-    dirs += [(Path(p), "user") for p in extra]
+    for p in extra:
+        # A directory named explicitly (--profile-dir) must exist; a stale
+        # entry in the environment variable only warns (see load_profiles).
+        if not Path(p).is_dir():
+            raise ProfileError(f"profile directory {str(p)!r} does not exist")
+        dirs.append((Path(p), "user"))
     return dirs
 
 

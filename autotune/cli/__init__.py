@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from autotune.errors import AutotuneError
 
@@ -22,8 +23,15 @@ COMMAND_MODULES = ("core",)
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line and exit code 2, not the usage block."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autotune",
         description="Detect the machine, match a hardware profile, plan and measure "
                     "PyTorch training settings.")
@@ -49,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `autotune plan --json | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,57 @@
+"""What every subcommand prints: aligned tables for people, JSON for tools,
+and plugin warnings as one line each."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from typing import Any, Iterator, Sequence, TextIO
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None,
+          indent: str = "") -> str:
+    """Columns padded to their widest cell; the last column is not padded,
+    so a long reason does not push every line out to its width."""
+    text_rows = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
+    if headers:
+        text_rows.insert(0, [h.upper() for h in headers])
+    if not text_rows:
+        return ""
+    ncols = max(len(r) for r in text_rows)
+    widths = [max((len(r[i]) for r in text_rows if i < len(r)), default=0) for i in range(ncols)]
+    lines = []
+    for row in text_rows:
+        cells = [cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row)]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return "\n".join(lines)
+
+
+def key_values(pairs: Sequence[tuple[str, Any]], indent: str = "") -> str:
+    """``label  value`` lines with the labels aligned."""
+    return table([(f"{label}", value) for label, value in pairs], indent=indent)
+
+
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    json.dump(data, out or sys.stdout, indent=2, sort_keys=False)
+    (out or sys.stdout).write("\n")
+
+
+@contextlib.contextmanager
+def warnings_as_lines(err: TextIO | None = None) -> Iterator[None]:
+    """Print each warning raised inside as ``autotune: warning: ...``, one
+    line, instead of Python's two-line file:line form."""
+    with warnings.catch_warnings(record=True) as caught:
+        # Plugin warnings every time (a second make_plan in one process
+        # would otherwise stay silent); other categories keep their filters.
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            seen: set[str] = set()
+            for w in caught:
+                line = str(w.message).replace("\n", " ")
+                if line not in seen:
+                    seen.add(line)
+                    print(f"autotune: warning: {line}", file=err or sys.stderr)

@@ -1,0 +1,216 @@
+"""Plans: what the built-in plugins propose for real machines, precedence,
+overrides and the JSON/YAML round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from autotune import make_plan
+from autotune.context import Workload
+from autotune.errors import PlanError
+from autotune.manager import BUILTIN_PLUGINS
+from autotune.plan import Plan, Setting, Source
+from autotune.testing import (a100_box, cpu_laptop, fake_cpu, fake_gpu, fake_hardware, h100_box,
+                              plugin_manager, rtx4090_box, rtx5080_7950x)
+
+PRESETS = [rtx5080_7950x, h100_box, a100_box, rtx4090_box, cpu_laptop]
+
+
+def plan_for(hardware, **kwargs) -> Plan:
+    return make_plan(hardware=hardware, manager=plugin_manager(), **kwargs).plan
+
+
+# -- what the profiles and rules produce -----------------------------------------------
+
+
+def test_rtx5080_7950x_plan_follows_its_profile():
+    plan = plan_for(rtx5080_7950x())
+    assert plan.profile == "rtx5080_7950x"
+    workers = plan.setting("dataloader", "num_workers")
+    assert 10 <= workers.value <= 18 and workers.source is Source.PROFILE
+    assert 6 <= plan.get("dataloader", "prefetch_factor") <= 8
+    assert plan.get("dataloader", "pin_memory") is True
+    assert plan.get("mixed_precision", "dtype") == "bf16"
+    assert plan.get("mixed_precision", "grad_scaler") is False
+    assert plan.setting("clipping", "max_norm") == Setting(1.0, Source.PROFILE, "profile sets max_norm")
+    assert plan.get("parallel_folds", "max_concurrent") <= 2
+    assert plan.get("threads", "intra_op") == 16  # one per physical core, not per SMT thread
+
+
+def test_rtx5080_workers_never_exceed_the_usable_cores():
+    hw = rtx5080_7950x()
+    limited = fake_hardware(cpu={**vars(hw.cpu), "usable_cores": 6.0}, memory=hw.memory,
+                            gpus=hw.gpus)
+    workers = plan_for(limited, profile="rtx5080_7950x").setting("dataloader", "num_workers")
+    assert workers.value == 6 and "capped at the 6 usable cores" in workers.reason
+
+
+def test_h100_plan():
+    plan = plan_for(h100_box())
+    assert plan.profile == "h100"
+    assert plan.get("compile", "mode") == "reduce-overhead"
+    assert plan.get("mixed_precision", "dtype") == "bf16"
+    assert plan.get("mixed_precision", "tf32") is True
+    assert 8 <= plan.get("dataloader", "num_workers") <= 16
+
+
+def test_cpu_laptop_plan():
+    plan = plan_for(cpu_laptop())
+    assert plan.profile == "generic_cpu"
+    assert plan.get("mixed_precision", "dtype") == "fp32"  # no native bf16 on Tiger Lake
+    assert "no native bf16" in plan.setting("mixed_precision", "dtype").reason
+    assert plan.get("dataloader", "pin_memory") is False
+    assert plan.get("threads", "intra_op") == 4
+    assert "tf32" not in plan.values("mixed_precision")
+
+
+def test_this_machine_plan_uses_bf16_exactly_when_the_cpu_has_it():
+    planned = make_plan(manager=plugin_manager())
+    hw = planned.context.hardware
+    if hw.has_cuda:
+        pytest.skip("the CPU rule is what this test checks")
+    assert planned.plan.get("mixed_precision", "dtype") == ("bf16" if hw.cpu.has_bf16 else "fp32")
+
+
+@pytest.mark.parametrize("make", PRESETS)
+def test_every_setting_has_a_reason_and_is_json(make):
+    plan = plan_for(make())
+    assert set(plan.plugins()) == set(BUILTIN_PLUGINS)
+    for plugin, key, setting in plan.rows():
+        assert setting.reason, f"{plugin}.{key} has no reason"
+        json.dumps(setting.value)
+
+
+def test_tf32_source_is_its_own_not_the_dtype_one():
+    plan = plan_for(h100_box())  # the profile sets dtype, not tf32
+    assert plan.setting("mixed_precision", "dtype").source is Source.PROFILE
+    assert plan.setting("mixed_precision", "tf32").source is Source.DEFAULT
+
+
+def test_fp16_profile_on_a_cpu_is_downgraded_and_says_so(tmp_path):
+    (tmp_path / "generic_cpu.yaml").write_text(
+        "name: generic_cpu\nplugins:\n  mixed_precision: {dtype: fp16}\n")
+    plan = plan_for(cpu_laptop(), profile_dirs=[tmp_path])
+    dtype = plan.setting("mixed_precision", "dtype")
+    assert dtype.value == "fp32" and "downgraded" in dtype.reason
+
+
+def test_pre_ampere_gpu_gets_fp16_with_a_scaler():
+    plan = plan_for(fake_hardware(gpus=[fake_gpu("Tesla T4", 15, (7, 5))]))
+    assert plan.get("mixed_precision", "dtype") == "fp16"
+    assert plan.get("mixed_precision", "grad_scaler") is True
+    assert plan.get("mixed_precision", "tf32") is False
+
+
+def test_workload_shapes_the_plan():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    loader = DataLoader(TensorDataset(torch.randn(40, 8), torch.randn(40, 4)), batch_size=10)
+    workload = Workload.inspect(model, loader, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert (workload.has_conv2d, workload.batch_size, workload.dataset_length) == (False, 10, 40)
+    assert workload.num_parameters == 8 * 4 + 4 and workload.optimizer == "SGD"
+    plan = plan_for(cpu_laptop(), workload=workload)
+    assert plan.get("channels_last", "enabled") is False
+    conv = Workload.inspect(torch.nn.Conv2d(3, 8, 3))
+    assert plan_for(cpu_laptop(), workload=conv).get("channels_last", "enabled") is True
+
+
+def test_accumulation_target_batch_size(tmp_path):
+    (tmp_path / "generic_cpu.yaml").write_text(
+        "name: generic_cpu\nplugins:\n  accumulation: {target_batch_size: 256}\n")
+    steps = plan_for(cpu_laptop(), profile_dirs=[tmp_path],
+                     workload=Workload(batch_size=48)).setting("accumulation", "steps")
+    assert steps.value == 6 and steps.source is Source.PROFILE  # ceil(256 / 48)
+    unknown = plan_for(cpu_laptop(), profile_dirs=[tmp_path]).setting("accumulation", "steps")
+    assert unknown.value == 1 and "batch size" in unknown.reason
+
+
+def test_parallel_folds_split_cpu_cores():
+    hw = fake_hardware(cpu=fake_cpu(physical_cores=16, logical_cores=16))
+    plan = plan_for(hw)
+    assert plan.get("parallel_folds", "max_concurrent") == 8
+    assert plan.get("parallel_folds", "threads_per_fold") == 2
+
+
+# -- precedence ----------------------------------------------------------------------
+
+
+def test_precedence_default_profile_measured_override():
+    plan = Plan(settings={"dataloader": {"num_workers": Setting(2, Source.DEFAULT, "rule")}})
+    plan = plan.with_values("dataloader", {"num_workers": 4}, Source.PROFILE, "profile")
+    assert plan.setting("dataloader", "num_workers").source is Source.PROFILE
+    plan = plan.with_values("dataloader", {"num_workers": 6}, Source.MEASURED, "trial won")
+    plan = plan.with_overrides({"dataloader": {"num_workers": 1}})
+    assert plan.setting("dataloader", "num_workers") == Setting(1, Source.OVERRIDE, "set by the user")
+    # a later measurement does not beat the user's word, nor a profile a measurement
+    plan = plan.with_values("dataloader", {"num_workers": 8}, Source.MEASURED, "trial won")
+    assert plan.get("dataloader", "num_workers") == 1
+    assert [s.rank for s in Source] == [0, 1, 2, 3]
+
+
+def test_measured_values_replace_profile_values():
+    plan = plan_for(rtx5080_7950x())
+    measured = plan.with_values("dataloader", {"num_workers": 12}, Source.MEASURED, "12 won")
+    assert measured.setting("dataloader", "num_workers").source is Source.MEASURED
+    assert plan.get("dataloader", "num_workers") == 18  # plans are immutable
+
+
+def test_overrides_through_make_plan():
+    plan = plan_for(cpu_laptop(), overrides={"compile": {"mode": "default"},
+                                             "clipping": {"max_norm": None}})
+    assert plan.setting("compile", "mode").source is Source.OVERRIDE
+    assert plan.get("clipping", "max_norm") is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"compil": {"mode": "default"}}, "unknown or disabled plugin 'compil'"),
+    ({"compile": {"mod": "default"}}, r"unknown key\(s\) \['mod'\] for plugin 'compile'"),
+    ({"dataloader": {"pin_memory": "yes"}}, "is a string, but dataloader proposes true/false"),
+    ({"dataloader": {"num_workers": [1, 2]}}, "is a list, but dataloader proposes a number"),
+    ({"compile": "default"}, "must be a mapping"),
+])
+def test_bad_overrides_are_errors(overrides, message):
+    with pytest.raises(PlanError, match=message):
+        plan_for(cpu_laptop(), overrides=overrides)
+
+
+def test_override_for_a_disabled_plugin_says_it_is_disabled():
+    with pytest.raises(PlanError, match=r"compile is disabled: disabled by disable=\[\.\.\.\]"):
+        make_plan(hardware=cpu_laptop(), manager=plugin_manager(disable=["compile"]),
+                  overrides={"compile": {"mode": "default"}})
+
+
+# -- serialising ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", PRESETS)
+def test_json_and_yaml_round_trip(make):
+    plan = plan_for(make(), overrides={"accumulation": {"steps": 4}})
+    plan = plan.with_values("compile", {"mode": "default"}, Source.MEASURED, "1.3x in a trial")
+    assert Plan.from_json(plan.to_json()) == plan
+    assert Plan.from_yaml(plan.to_yaml()) == plan
+    data = json.loads(plan.to_json())
+    assert set(data) == {"profile", "hardware_fingerprint", "plugins", "disabled"}
+    assert data["plugins"]["accumulation"]["steps"] == {
+        "value": 4, "source": "override", "reason": "set by the user"}
+
+
+def test_round_trip_keeps_disabled_reasons():
+    plan = make_plan(hardware=cpu_laptop(), manager=plugin_manager(disable=["threads"])).plan
+    assert Plan.from_yaml(plan.to_yaml()).disabled == {"threads": "disabled by disable=[...]"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a mapping"),
+    ('{"plugins": {"compile": {"mode": {"source": "default"}}}}', "lacks 'value'"),
+    ('{"plugins": {"compile": {"mode": {"value": 1, "source": "guessed"}}}}', "guessed"),
+])
+def test_malformed_serialised_plans(text, message):
+    with pytest.raises(PlanError, match=message):
+        Plan.from_json(text)
+    with pytest.raises(PlanError):
+        Plan.from_yaml("plugins: [")
