@@ -18,3 +18,17 @@ __all__ = [
     "PluginError", "PluginManager", "Profile", "ProfileError", "Setting", "Source",
     "Workload", "detect", "hookimpl", "load_profiles", "make_plan", "recommend",
 ]
+
+# Training needs torch, which `import autotune` (and so the CLI's detect and
+# plan commands) does not: these load on first use.
+_LAZY = {"apply": "autotune.api", "Tuned": "autotune.api", "Engine": "autotune.engine",
+         "History": "autotune.history", "TrainingError": "autotune.errors"}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autotune' has no attribute {name!r}")

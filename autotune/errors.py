@@ -29,3 +29,8 @@ class PluginError(AutotuneError):
 
 class PlanError(AutotuneError):
     """An override or a serialised plan does not fit the plan."""
+
+
+class TrainingError(AutotuneError):
+    """The training engine cannot go on: a malformed batch, a DataLoader
+    worker that died, an engine used after close()."""

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from autotune.context import Context
     from autotune.hardware import Hardware
     from autotune.plan import Plan, Setting
+    from autotune.report import Report
 
 PROJECT_NAME = "autotune"
 
@@ -98,8 +99,8 @@ def autotune_candidates(context: "Context", plan: "Plan") -> "list[Mapping[str, 
 
 
 @hookspec
-def autotune_apply_model(model: "torch.nn.Module", plan: "Plan",
-                         context: "Context") -> "torch.nn.Module | None":
+def autotune_apply_model(model: "torch.nn.Module", plan: "Plan", context: "Context",
+                         report: "Report") -> "torch.nn.Module | None":
     """Transform the model according to the plan (memory format, compile...).
 
     Called on apply, once per plugin in registration order; each plugin
@@ -109,13 +110,15 @@ def autotune_apply_model(model: "torch.nn.Module", plan: "Plan",
     :param plan: the final plan; read your own settings with
         ``plan.values(NAME)`` (empty when disabled).
     :param context: hardware, profile and workload.
+    :param report: record what was done (or why not) with
+        ``report.add(NAME, kind, message)``; shared with the engine.
     :return: the transformed model, or ``None`` to leave it unchanged.
     """
 
 
 @hookspec
-def autotune_apply_loader(loader: "DataLoader", plan: "Plan",
-                          context: "Context") -> "DataLoader | None":
+def autotune_apply_loader(loader: "DataLoader", plan: "Plan", context: "Context",
+                          report: "Report") -> "DataLoader | None":
     """Rebuild the DataLoader according to the plan.
 
     Called on apply, once per plugin; each receives the previous result.
@@ -123,6 +126,7 @@ def autotune_apply_loader(loader: "DataLoader", plan: "Plan",
     :param loader: the DataLoader as rebuilt so far.
     :param plan: the final plan.
     :param context: hardware, profile and workload.
+    :param report: as for ``autotune_apply_model``.
     :return: the new DataLoader, or ``None`` to leave it unchanged.
     """
 
@@ -133,7 +137,10 @@ def autotune_setup_engine(engine: Any, plan: "Plan") -> None:
 
     Called when :class:`autotune.engine.Engine` is built, once per plugin.
     Global state changed here must be restorable: register an undo with
-    ``engine.on_close(callback)``.
+    ``engine.on_close(callback)``. The engine's slots for plugins
+    (``set_precision``, ``accumulation_steps``, ``set_clipping``,
+    ``input_memory_format``, ``set_eager_fallback``, ``note``) are
+    described in docs/engine.md.
 
     :param engine: the engine being built.
     :param plan: the final plan.

@@ -23,6 +23,7 @@ from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
+from autotune.report import Kind
 
 NAME = "accumulation"
 
@@ -49,9 +50,26 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
         steps = max(1, math.ceil(options.target_batch_size / batch))
         return {"steps": from_profile(
             steps, f"effective batch {options.target_batch_size} from batches of {batch}")}
+    if options.target_batch_size:
+        return {"steps": default(1, f"target_batch_size {options.target_batch_size} needs the "
+                                    "loader's batch size, which is unknown here; one step per batch")}
     return {"steps": default(1, "one optimizer step per batch (PyTorch's behaviour)")}
 
 
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+# -- application -----------------------------------------------------------------
+
+
+@hookimpl
+def autotune_setup_engine(engine: Any, plan: Any) -> None:
+    steps = int(plan.get(NAME, "steps", 1))
+    engine.accumulation_steps = steps
+    if steps > 1:
+        engine.note(NAME, Kind.APPLIED, f"optimizer step every {steps} micro-batches; each "
+                    "loss divided by its window's size")
+    else:
+        engine.note(NAME, Kind.SKIPPED, "steps=1: one optimizer step per batch")

@@ -20,6 +20,7 @@ from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.options import parse_options
 from autotune.plan import Setting, default
+from autotune.report import Kind
 
 NAME = "channels_last"
 
@@ -43,3 +44,42 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+# -- application -----------------------------------------------------------------
+
+
+def apply_channels_last(model: Any) -> bool:
+    """Convert ``model``'s 4-D weights to NHWC, in place (the same module
+    and parameter objects, so optimizers and the user's references stay
+    valid). Returns False, changing nothing, for a model without Conv2d."""
+    import torch
+
+    from autotune.batches import has_conv2d
+
+    if not has_conv2d(model):
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True
+
+
+@hookimpl
+def autotune_apply_model(model: Any, plan: Any, report: Any) -> Any:
+    if not plan.get(NAME, "enabled", False):
+        report.add(NAME, Kind.SKIPPED, "enabled=false: memory format left as is")
+    elif apply_channels_last(model):
+        report.add(NAME, Kind.APPLIED, "model weights converted to channels_last")
+    else:
+        report.add(NAME, Kind.SKIPPED, "model has no Conv2d: memory format left as is")
+    return model
+
+
+@hookimpl
+def autotune_setup_engine(engine: Any, plan: Any) -> None:
+    import torch
+
+    from autotune.batches import has_conv2d
+
+    if plan.get(NAME, "enabled", False) and has_conv2d(engine.module):
+        engine.input_memory_format = torch.channels_last
+        engine.note(NAME, Kind.APPLIED, "4-D floating-point inputs converted to channels_last")

@@ -21,6 +21,7 @@ from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
+from autotune.report import Kind
 
 NAME = "clipping"
 
@@ -58,3 +59,19 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+# -- application -----------------------------------------------------------------
+
+
+@hookimpl
+def autotune_setup_engine(engine: Any, plan: Any) -> None:
+    values = plan.values(NAME)
+    max_norm, clip_value = values.get("max_norm"), values.get("clip_value")
+    norm_type = float(values.get("norm_type", 2.0))
+    engine.set_clipping(max_norm, norm_type, clip_value)
+    what = [f"global {norm_type:g}-norm to {max_norm}" if max_norm is not None
+            else "nothing by norm (the norm is recorded)"]
+    if clip_value is not None:
+        what.append(f"each element to +-{clip_value}")
+    engine.note(NAME, Kind.APPLIED, "clip " + " and ".join(what) + ", after unscaling")

@@ -23,6 +23,7 @@ from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
+from autotune.report import Kind
 
 NAME = "compile"
 MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -57,3 +58,57 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+# -- application -----------------------------------------------------------------
+
+
+def compile_model(model: Any, mode: str, fullgraph: bool = False) -> Any:
+    """``torch.compile`` with the plan's mode. Compilation itself happens
+    lazily, at the first forward (and the first backward)."""
+    import torch
+
+    if mode not in MODES or mode == "off":
+        raise ValueError(f"compile mode must be one of {MODES[1:]}, got {mode!r}")
+    return torch.compile(model, mode=None if mode == "default" else mode, fullgraph=fullgraph)
+
+
+@hookimpl
+def autotune_apply_model(model: Any, plan: Any, report: Any) -> Any:
+    from autotune.batches import is_compiled
+
+    mode = plan.get(NAME, "mode", "off")
+    fullgraph = bool(plan.get(NAME, "fullgraph", False))
+    if mode == "off":
+        report.add(NAME, Kind.SKIPPED, "mode=off: the model runs eagerly")
+        return model
+    if is_compiled(model):
+        report.add(NAME, Kind.SKIPPED, "the model is already compiled")
+        return model
+    try:
+        compiled = compile_model(model, mode, fullgraph)
+    except Exception as exc:  # noqa: BLE001 - e.g. an unsupported platform
+        report.add(NAME, Kind.FALLBACK, f"torch.compile raised {type(exc).__name__}: {exc}; "
+                   "the model runs eagerly")
+        return model
+    report.add(NAME, Kind.APPLIED, f"torch.compile(mode={mode!r}, fullgraph={fullgraph}); it "
+               "compiles at the first step and falls back to eager if that fails")
+    return compiled
+
+
+@hookimpl
+def autotune_setup_engine(engine: Any, plan: Any) -> None:
+    """Guard the compiled model: compile errors surface only at the first
+    forward/backward, so the engine retries eagerly and the reason lands in
+    the report and in the engine's plan (``compile.mode`` becomes ``off``)."""
+    from autotune.batches import is_compiled
+
+    if not is_compiled(engine.model):
+        return
+
+    def on_fallback(reason: str) -> None:
+        why = f"torch.compile failed, trained eagerly: {reason}"
+        engine.note(NAME, Kind.FALLBACK, why)
+        engine.revise_plan(NAME, {"mode": "off"}, why)
+
+    engine.set_eager_fallback(engine.model._orig_mod, on_fallback)

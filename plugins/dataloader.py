@@ -27,6 +27,7 @@ from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.options import clamp_to, describe_bounds, parse_options
 from autotune.plan import Setting, default, from_profile
+from autotune.report import Kind
 
 NAME = "dataloader"
 #: Without a profile, more workers than this rarely help one GPU.
@@ -87,3 +88,82 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+# -- application -----------------------------------------------------------------
+
+
+def rebuild_loader(loader: Any, *, num_workers: int, pin_memory: bool = False,
+                   persistent_workers: bool = False, prefetch_factor: int | None = None) -> Any:
+    """A new DataLoader over the same dataset yielding the same batches
+    (same sampler object, batch size, collate_fn, drop_last, generator,
+    worker_init_fn...), with new loading settings. The user's loader is
+    left untouched and keeps working."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    kwargs: dict[str, Any] = {
+        "dataset": loader.dataset, "num_workers": num_workers, "collate_fn": loader.collate_fn,
+        "pin_memory": pin_memory, "worker_init_fn": loader.worker_init_fn,
+        "generator": loader.generator,
+    }
+    if isinstance(loader.dataset, IterableDataset):
+        kwargs.update(batch_size=loader.batch_size, drop_last=loader.drop_last)
+    elif loader.batch_size is None and loader.batch_sampler is not None:
+        kwargs["batch_sampler"] = loader.batch_sampler  # the user's own batch sampler
+    else:
+        # The same sampler object: shuffling draws from the same generator,
+        # so the order is what the user's loader would have produced.
+        kwargs.update(sampler=loader.sampler, batch_size=loader.batch_size,
+                      drop_last=loader.drop_last)
+    if num_workers > 0:
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+                      multiprocessing_context=loader.multiprocessing_context,
+                      timeout=loader.timeout)
+    if hasattr(loader, "in_order"):
+        kwargs["in_order"] = loader.in_order
+    if getattr(loader, "pin_memory_device", "") and pin_memory:
+        kwargs["pin_memory_device"] = loader.pin_memory_device
+    return DataLoader(**kwargs)
+
+
+def _describe(workers: int, pin: bool, persistent: bool, prefetch: int | None) -> str:
+    extra = f", persistent_workers={persistent}, prefetch_factor={prefetch or 2}" if workers else ""
+    return f"num_workers={workers}, pin_memory={pin}{extra}"
+
+
+@hookimpl
+def autotune_apply_loader(loader: Any, plan: Any, context: Context, report: Any) -> Any:
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    if type(loader) is not DataLoader:
+        report.add(NAME, Kind.SKIPPED, f"{type(loader).__name__} is not a torch DataLoader "
+                   "(a subclass may rely on its own constructor): left as is")
+        return None
+    values = plan.values(NAME)
+    workers = int(values.get("num_workers") or 0)
+    budget = context.hardware.cpu.worker_budget
+    if workers > budget:
+        report.add(NAME, Kind.WARNING, f"num_workers={workers} capped at the {budget} cores "
+                   "this process may use (CPU quota and affinity)")
+        workers = budget
+    if isinstance(loader.dataset, IterableDataset) and workers != loader.num_workers:
+        report.add(NAME, Kind.SKIPPED, f"kept num_workers={loader.num_workers}: every worker "
+                   "iterates its own copy of an IterableDataset, so another count could repeat "
+                   "or drop samples")
+        workers = loader.num_workers
+    pin = bool(values.get("pin_memory"))
+    if pin and not torch.cuda.is_available():
+        report.add(NAME, Kind.SKIPPED, "pin_memory off: no CUDA device to copy to")
+        pin = False
+    persistent = bool(values.get("persistent_workers")) and workers > 0
+    prefetch = values.get("prefetch_factor") if workers > 0 else None
+    before = _describe(loader.num_workers, loader.pin_memory, loader.persistent_workers,
+                       loader.prefetch_factor)
+    after = _describe(workers, pin, persistent, prefetch)
+    if before == after:
+        report.add(NAME, Kind.SKIPPED, f"the loader already has {after}")
+        return None
+    report.add(NAME, Kind.APPLIED, f"rebuilt the DataLoader: {before} -> {after}")
+    return rebuild_loader(loader, num_workers=workers, pin_memory=pin,
+                          persistent_workers=persistent, prefetch_factor=prefetch)

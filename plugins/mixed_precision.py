@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
+from autotune.report import Kind
 
 NAME = "mixed_precision"
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -76,11 +77,85 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
     }
     if hardware.has_cuda:
         tf32_ok = hardware.gpus[0].tf32 and options.tf32
-        settings["tf32"] = Setting(tf32_ok, settings["dtype"].source,
-                                   "TF32 matmul/cudnn on Ampere+" if tf32_ok else "TF32 off")
+        tf32_why = ("TF32 matmul/cudnn on Ampere+" if tf32_ok else
+                    "profile turns TF32 off" if not options.tf32 else
+                    f"{hardware.gpus[0].name} has no TF32 (pre-Ampere)")
+        settings["tf32"] = (from_profile(tf32_ok, tf32_why) if "tf32" in given
+                            else default(tf32_ok, tf32_why))
     return settings
 
 
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+# -- application -----------------------------------------------------------------
+
+
+def set_tf32(enabled: bool) -> Callable[[], None]:
+    """Allow (or forbid) TF32 for CUDA matmuls and cuDNN convolutions;
+    returns the undo. Uses the ``fp32_precision`` API where torch has it
+    (2.9+): mixing it with the legacy ``allow_tf32`` flags makes torch raise."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        before = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        value = "tf32" if enabled else "ieee"
+        matmul.fp32_precision, cudnn.conv.fp32_precision = value, value
+
+        def restore() -> None:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = before
+    else:
+        legacy = (matmul.allow_tf32, cudnn.allow_tf32)
+        matmul.allow_tf32 = cudnn.allow_tf32 = enabled
+
+        def restore() -> None:
+            matmul.allow_tf32, cudnn.allow_tf32 = legacy
+    return restore
+
+
+def _grad_scaler(device_type: str) -> Any:
+    import torch
+
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3, any device
+        return torch.amp.GradScaler(device_type)
+    return torch.cuda.amp.GradScaler(enabled=device_type == "cuda")
+
+
+def setup_precision(engine: Any, dtype: str, grad_scaler: bool, tf32: bool | None = None) -> None:
+    """Install autocast (with a GradScaler for fp16) on ``engine``; on CUDA
+    also set TF32, undone when the engine closes."""
+    import torch
+
+    device_type = engine.device.type
+    if dtype == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        why = f"{torch.cuda.get_device_name(engine.device)} has no bf16: fp16 with a GradScaler"
+        engine.note(NAME, Kind.FALLBACK, why)
+        engine.revise_plan(NAME, {"dtype": "fp16", "grad_scaler": True}, why)
+        dtype, grad_scaler = "fp16", True
+    if dtype in ("bf16", "fp16"):
+        torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+        scaler = _grad_scaler(device_type) if dtype == "fp16" and grad_scaler else None
+        engine.set_precision(torch_dtype, scaler=scaler)
+        engine.note(NAME, Kind.APPLIED, f"autocast({device_type}, {dtype})"
+                    + (" with a GradScaler" if scaler is not None else ""))
+        if dtype == "fp16" and scaler is None:
+            engine.note(NAME, Kind.WARNING, "fp16 without a GradScaler: small gradients may "
+                        "underflow to zero")
+        if dtype == "fp16" and device_type == "cpu":
+            engine.note(NAME, Kind.WARNING, "fp16 autocast on a CPU is emulated and slow")
+    else:
+        engine.note(NAME, Kind.SKIPPED, f"{dtype}: autocast off")
+    if tf32 is not None and device_type == "cuda":
+        engine.on_close(set_tf32(bool(tf32)))
+        engine.note(NAME, Kind.APPLIED, f"TF32 {'on' if tf32 else 'off'} for matmul and cuDNN "
+                    "(restored when the engine closes)")
+
+
+@hookimpl
+def autotune_setup_engine(engine: Any, plan: Any) -> None:
+    values = plan.values(NAME)
+    setup_precision(engine, values.get("dtype", "fp32"), bool(values.get("grad_scaler")),
+                    values.get("tf32"))

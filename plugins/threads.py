@@ -14,14 +14,16 @@ restores the previous values when it is closed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
+from autotune.report import Kind
 
 NAME = "threads"
 
@@ -55,3 +57,67 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+# -- application -----------------------------------------------------------------
+
+ENV_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def apply_threads(intra_op: int | None, inter_op: int | None = None, set_env: bool = False,
+                  note: Callable[[Kind, str], None] = lambda kind, message: None
+                  ) -> Callable[[], None]:
+    """Set torch's thread pools (and the OMP/MKL variables child processes
+    read); returns the undo. ``note(kind, message)`` hears what happened.
+
+    The inter-op pool can be sized only once per process and only before
+    parallel work has started; otherwise it stays as it is, with a warning.
+    """
+    import torch
+
+    undo: list[Callable[[], None]] = []
+    if intra_op is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(intra_op))
+        undo.append(lambda: torch.set_num_threads(before))
+        if before == intra_op:
+            note(Kind.SKIPPED, f"intra-op threads already {intra_op}")
+        else:
+            note(Kind.APPLIED, f"intra-op threads {before} -> {intra_op} (restored at close)")
+    if inter_op is not None:
+        current = torch.get_num_interop_threads()
+        if current != inter_op:
+            try:
+                torch.set_num_interop_threads(int(inter_op))
+                note(Kind.APPLIED, f"inter-op threads {current} -> {inter_op} (torch cannot "
+                     "change it again in this process, so it is not restored)")
+            except RuntimeError as exc:
+                note(Kind.WARNING, f"inter-op threads stay at {current}: torch sizes that pool "
+                     f"once per process, before parallel work starts ({str(exc).strip()})")
+    if set_env and intra_op is not None:
+        for variable in ENV_VARIABLES:
+            previous = os.environ.get(variable)
+            os.environ[variable] = str(intra_op)
+            undo.append(lambda v=variable, p=previous: _restore_env(v, p))
+        note(Kind.APPLIED, f"{' and '.join(ENV_VARIABLES)}={intra_op} for child processes")
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
+
+
+def _restore_env(variable: str, previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(variable, None)
+    else:
+        os.environ[variable] = previous
+
+
+@hookimpl
+def autotune_setup_engine(engine: Any, plan: Any) -> None:
+    values = plan.values(NAME)
+    engine.on_close(apply_threads(values.get("intra_op"), values.get("inter_op"),
+                                  bool(values.get("set_env")),
+                                  lambda kind, message: engine.note(NAME, kind, message)))

@@ -1,0 +1,145 @@
+"""``autotune.apply(model, loader)``: plan, (measure,) apply; the :class:`Tuned` result.
+
+The flow is three stages, each usable on its own:
+
+1. :func:`autotune.planner.make_plan` -- detect, match a profile, ask the
+   plugins, apply the user's overrides;
+2. (measured tuning refines the plan here; it arrives in a later release --
+   until then the plan is the rule-based one, and nothing is measured);
+3. :func:`apply_plan` -- move the model to the device and run the plugins'
+   ``autotune_apply_model`` / ``autotune_apply_loader`` hooks.
+
+Training happens in the engine built by :meth:`Tuned.engine`, whose
+plugins' ``autotune_setup_engine`` hooks install the step behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from autotune.batches import model_device
+from autotune.context import Context, Workload
+from autotune.engine import Engine
+from autotune.errors import AutotuneError
+from autotune.hardware import Hardware
+from autotune.manager import PluginManager
+from autotune.plan import Plan
+from autotune.planner import make_plan
+from autotune.profile import Recommendation
+from autotune.report import Kind, Report
+
+log = logging.getLogger("autotune.api")
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What :func:`apply` returns: the transformed model and loader, the plan
+    they were made with, and a report of what each plugin did."""
+
+    #: The model to train: the user's module (moved to :attr:`device`, maybe
+    #: converted to channels_last in place), maybe wrapped by torch.compile.
+    model: torch.nn.Module
+    #: The rebuilt DataLoader (or the user's, when nothing changed); None
+    #: when no loader was given.
+    loader: Any
+    plan: Plan
+    report: Report
+    context: Context
+    manager: PluginManager
+    device: torch.device
+    #: Which profile matched and why; None when the plan was given directly.
+    recommendation: Recommendation | None = None
+
+    def engine(self, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], torch.Tensor],
+               **kwargs: Any) -> Engine:
+        """The training engine with this plan applied. ``kwargs`` go to
+        :class:`~autotune.engine.Engine` (``scheduler``, ``progress``...).
+        Close it (or use ``with``) to undo the global settings it made."""
+        kwargs.setdefault("device", self.device)
+        kwargs.setdefault("report", self.report)
+        return Engine(self.model, optimizer, loss_fn, self.plan, manager=self.manager,
+                      context=self.context, **kwargs)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> the first CUDA GPU when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise AutotuneError(f"device={device!r} is not a torch device: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AutotuneError(f"device={device!r} was asked for, but CUDA is not available "
+                            "(torch.cuda.is_available() is False)")
+    return resolved
+
+
+def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
+          profile: str | None = None, disable: Iterable[str] = (),
+          overrides: Mapping[str, Mapping[str, Any]] | None = None, plugins: Iterable[Any] = (),
+          strict: bool = False, device: str | torch.device | None = None,
+          hardware: Hardware | None = None,
+          profile_dirs: Iterable[str | os.PathLike[str]] = (),
+          manager: PluginManager | None = None) -> Tuned:
+    """Detect the machine, match a profile, plan, and apply the plan to
+    ``model`` and ``loader``.
+
+    :param optimizer: only inspected (plugins may reason about its type).
+    :param profile: force a profile by name instead of matching one.
+    :param disable: plugins to switch off; their part of training stays
+        PyTorch's default.
+    :param overrides: ``{plugin: {key: value}}``, beating every other source.
+    :param plugins: extra plugin objects to register.
+    :param strict: re-raise a plugin's exception instead of leaving it out.
+    :param device: where to train; default: CUDA when available, else CPU.
+    :param hardware: use this description instead of detecting.
+    :raises AutotuneError: on bad input (unknown plugin/profile/key, ...).
+    """
+    _check_model(model)
+    target = resolve_device(device)
+    planned = make_plan(hardware=hardware, profile=profile,
+                        workload=Workload.inspect(model, loader, optimizer), disable=disable,
+                        overrides=overrides, profile_dirs=profile_dirs, plugins=plugins,
+                        strict=strict, manager=manager)
+    plan = planned.plan
+    # The seam for measured tuning: a tuner refines `plan` here -- trials on
+    # copies of the model and loader, the winner written with source
+    # "measured" -- before anything is applied to the user's objects.
+    return apply_plan(model, loader, plan, context=planned.context, manager=planned.manager,
+                      device=target, recommendation=planned.recommendation)
+
+
+def apply_plan(model: torch.nn.Module, loader: Any, plan: Plan, *, context: Context,
+               manager: PluginManager, device: str | torch.device | None = None,
+               recommendation: Recommendation | None = None,
+               report: Report | None = None) -> Tuned:
+    """Apply an existing plan: move the model to ``device`` (in place, so
+    an optimizer built on its parameters stays valid), then run the
+    plugins' apply hooks. The tuner calls this for each candidate plan."""
+    _check_model(model)
+    target = resolve_device(device)
+    report = report if report is not None else Report()
+    if model_device(model) != target:
+        model.to(target)
+    failed_before = set(manager.not_loaded_reasons())
+    transformed = manager.apply_model(model, plan, context, report)
+    new_loader = manager.apply_loader(loader, plan, context, report) if loader is not None else None
+    for name, why in manager.not_loaded_reasons().items():
+        if name not in failed_before and name in plan:
+            report.add(name, Kind.FALLBACK, f"left out: {why}; its part stays PyTorch's default")
+    for name, why in plan.disabled.items():
+        report.add(name, Kind.SKIPPED, f"{why}: its part stays PyTorch's default")
+    log.info("applied plan (profile %s) on %s: %d events", plan.profile, target, len(report))
+    return Tuned(model=transformed, loader=new_loader, plan=plan, report=report, context=context,
+                 manager=manager, device=target, recommendation=recommendation)
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise AutotuneError(f"apply: model must be a torch.nn.Module, got {type(model).__name__}")
