@@ -1,0 +1,172 @@
+"""``autotune monitor``, ``daemon`` and ``report``: hardware telemetry.
+
+``monitor -- CMD`` runs a command while sampling it and forwards its exit
+code; ``daemon`` samples the machine to a rotating JSONL file until
+SIGTERM; ``report`` summarises and diagnoses a timeline file. The library
+side is :mod:`autotune.telemetry` (see docs/monitor.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from autotune.cli.output import key_values, print_json
+from autotune.hardware import GIB
+
+JSON_VERSION = 1
+
+
+def summary_rows(summary: Any) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("Duration", f"{summary.duration_s:.1f} s, {summary.sample_count} samples"),
+        ("CPU", f"{summary.mean_cpu_percent:.0f}% mean, {summary.peak_cpu_percent:.0f}% peak "
+                f"({summary.cores:g} usable cores)"),
+        ("RAM", f"{summary.peak_memory_fraction:.0%} peak of "
+                f"{summary.memory_total_bytes / GIB:.1f} GiB"),
+    ]
+    if summary.peak_process_rss_bytes is not None:
+        rows.append(("Watched", f"{summary.peak_process_rss_bytes / GIB:.2f} GiB peak RSS, "
+                                f"{(summary.mean_process_cpu_percent or 0) / 100:.2f} cores "
+                                "mean CPU"))
+    if summary.mean_runnable_threads is not None:
+        rows.append(("Runnable", f"{summary.mean_runnable_threads:.1f} threads mean"))
+    for gpu in summary.gpus:
+        util = ("-" if gpu.mean_utilization_percent is None
+                else f"{gpu.mean_utilization_percent:.0f}%")
+        mem = "-" if gpu.peak_memory_fraction is None else f"{gpu.peak_memory_fraction:.0%}"
+        rows.append((f"GPU {gpu.index}", f"{util} mean utilisation, {mem} peak memory"
+                     + (f", {gpu.peak_temperature_c:.0f} C peak"
+                        if gpu.peak_temperature_c is not None else "")))
+    steps = summary.steps
+    if steps.count:
+        rows.append(("Steps", f"{steps.count}, data wait {steps.data_wait_s:.2f} s "
+                              f"({steps.data_wait_fraction:.0%}), step {steps.step_s:.2f} s"))
+    return rows
+
+
+def print_report(timeline: Any, out: TextIO) -> None:
+    from autotune.telemetry import diagnose, findings
+
+    summary = timeline.summary()
+    print(key_values(summary_rows(summary)), file=out)
+    for note in timeline.notes:
+        print(f"Note      {note}", file=out)
+    diagnosis = diagnose(summary)
+    print(f"\nDiagnosis: {diagnosis.sentence}", file=out)
+    print(f"  evidence:  {diagnosis.evidence}", file=out)
+    print(f"  change:    {diagnosis.suggestion}", file=out)
+    for other in findings(summary)[1:]:
+        print(f"  also:      {other.sentence}", file=out)
+
+
+def report_json(loaded: Any, **extra: Any) -> dict[str, Any]:
+    from autotune.telemetry import diagnose, findings
+
+    summary = loaded.summary()
+    return {"version": JSON_VERSION, **extra, "summary": summary.to_dict(),
+            "diagnosis": diagnose(summary).to_dict(),
+            "findings": [d.to_dict() for d in findings(summary)],
+            "notes": list(loaded.notes)}
+
+
+def _command(raw: Sequence[str]) -> list[str]:
+    items = list(raw)
+    return items[1:] if items[:1] == ["--"] else items
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from autotune.telemetry.command import run_monitored
+
+    result = run_monitored(_command(args.cmd), interval_s=args.interval, out_dir=args.out,
+                           plot=not args.no_plot)
+    if args.json:
+        print_json(report_json(result.timeline, exit_code=result.exit_code,
+                               timeline=str(result.timeline_path),
+                               plot=None if result.plot_path is None else str(result.plot_path)))
+        return result.exit_code
+    # stderr, like time(1): the command's own stdout stays clean for pipes.
+    err = sys.stderr
+    print(f"\nautotune monitor: command exited with {result.exit_code}", file=err)
+    print_report(result.timeline, err)
+    print(f"\ntimeline: {result.timeline_path}"
+          + (f"\nplot:     {result.plot_path}" if result.plot_path else ""), file=err)
+    return result.exit_code
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from autotune.telemetry.daemon import DaemonOptions, run_daemon
+
+    options = DaemonOptions(out=Path(args.out), interval_s=args.interval,
+                            max_bytes=args.max_bytes, backups=args.backups, pid=args.pid)
+    return run_daemon(options, announce=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from autotune.telemetry import read_timeline
+    from autotune.telemetry.plot import plot_timeline
+
+    timeline = read_timeline(args.timeline)
+    plot = None
+    if args.plot:
+        plot = str(plot_timeline(timeline, args.plot, title=f"autotune report {args.timeline}"))
+    if args.json:
+        print_json(report_json(timeline, timeline=args.timeline, plot=plot))
+        return 0
+    print_report(timeline, sys.stdout)
+    if plot:
+        print(f"\nplot: {plot}")
+    return 0
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "monitor", help="run a command while sampling the hardware; diagnose the bottleneck",
+        description="Run CMD, sample CPU, memory, its processes and GPUs while it runs, then "
+                    "print a summary and a one-sentence diagnosis (on stderr) and write "
+                    "timeline.jsonl and timeline.png into --out. Exits with CMD's exit code.")
+    p.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+                   help="seconds between samples (default 1)")
+    p.add_argument("--out", default="autotune-monitor", metavar="DIR",
+                   help="where timeline.jsonl and timeline.png go (default ./autotune-monitor)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...",
+                   help="the command to run")
+    p.set_defaults(func=cmd_monitor)
+
+    p = subparsers.add_parser(
+        "daemon", help="sample the machine to a rotating JSONL file until SIGTERM",
+        description="Foreground sampler for systemd: one JSON line per sample, size-based "
+                    "rotation, exit 0 on SIGTERM/SIGINT, refuses to run twice on one output "
+                    "(exit 2), user-only files, no network port.")
+    p.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+                   help="seconds between samples (default 1)")
+    p.add_argument("--out", default="autotune-telemetry.jsonl", metavar="FILE",
+                   help="JSONL output (default ./autotune-telemetry.jsonl); FILE.lock "
+                        "holds the lock")
+    p.add_argument("--max-bytes", type=int, default=10 * 1024 * 1024, metavar="N",
+                   help="rotate before FILE grows past N bytes (default 10 MiB)")
+    p.add_argument("--backups", type=int, default=3, metavar="K",
+                   help="rotated files to keep, FILE.1 newest (default 3)")
+    p.add_argument("--pid", type=int, metavar="PID",
+                   help="also record this process's (and its children's) RSS and CPU")
+    p.set_defaults(func=cmd_daemon)
+
+    p = subparsers.add_parser(
+        "report", help="summarise and diagnose a timeline.jsonl",
+        description="Read a timeline written by monitor, daemon or TrainingMonitor; print "
+                    "the summary and the diagnosis; optionally plot it.")
+    p.add_argument("timeline", metavar="TIMELINE.jsonl")
+    p.add_argument("--plot", metavar="PNG", help="also write a plot here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_report)
