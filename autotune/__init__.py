@@ -22,7 +22,8 @@ __all__ = [
 # Training needs torch, which `import autotune` (and so the CLI's detect and
 # plan commands) does not: these load on first use.
 _LAZY = {"apply": "autotune.api", "Tuned": "autotune.api", "Engine": "autotune.engine",
-         "History": "autotune.history", "TrainingError": "autotune.errors"}
+         "History": "autotune.history", "TrainingError": "autotune.errors",
+         "cross_validate": "autotune.cv", "CVResult": "autotune.cv"}
 __all__ += sorted(_LAZY)
 
 

@@ -4,8 +4,9 @@ The flow is three stages, each usable on its own:
 
 1. :func:`autotune.planner.make_plan` -- detect, match a profile, ask the
    plugins, apply the user's overrides;
-2. (measured tuning refines the plan here; it arrives in a later release --
-   until then the plan is the rule-based one, and nothing is measured);
+2. :func:`autotune.tuner.tune` -- measured tuning: trials on the user's own
+   model and loader, the winner written into the plan as "measured"
+   (when loader, optimizer and loss_fn are given; see docs/tuning.md);
 3. :func:`apply_plan` -- move the model to the device and run the plugins'
    ``autotune_apply_model`` / ``autotune_apply_loader`` hooks.
 
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -32,6 +33,9 @@ from autotune.plan import Plan
 from autotune.planner import make_plan
 from autotune.profile import Recommendation
 from autotune.report import Kind, Report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from autotune.tuner import SearchOptions
 
 log = logging.getLogger("autotune.api")
 
@@ -54,6 +58,9 @@ class Tuned:
     device: torch.device
     #: Which profile matched and why; None when the plan was given directly.
     recommendation: Recommendation | None = None
+    #: The measured-tuning report (trials, winner, break-even); None when
+    #: nothing was measured. See docs/tuning.md.
+    tuning: Any = None
 
     def engine(self, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], torch.Tensor],
                **kwargs: Any) -> Engine:
@@ -86,7 +93,11 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
           strict: bool = False, device: str | torch.device | None = None,
           hardware: Hardware | None = None,
           profile_dirs: Iterable[str | os.PathLike[str]] = (),
-          manager: PluginManager | None = None) -> Tuned:
+          manager: PluginManager | None = None,
+          loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+          tune: bool | SearchOptions | None = None,
+          budget_s: float | None = None, remeasure: bool = False,
+          batch_size: bool = False) -> Tuned:
     """Detect the machine, match a profile, plan, and apply the plan to
     ``model`` and ``loader``.
 
@@ -99,6 +110,16 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     :param strict: re-raise a plugin's exception instead of leaving it out.
     :param device: where to train; default: CUDA when available, else CPU.
     :param hardware: use this description instead of detecting.
+    :param loss_fn: ``loss_fn(outputs, targets)``; with ``optimizer`` and
+        ``loader`` it lets measured tuning run real training steps.
+    :param tune: measure candidate settings on this model and loader
+        (docs/tuning.md); default: when loader, optimizer and loss_fn are
+        given. A :class:`~autotune.tuner.SearchOptions` means yes, with
+        those options (noise margin, trial length, which plugins).
+    :param budget_s: seconds measured tuning may take (default 120).
+    :param remeasure: ignore the tuning cache and measure again.
+    :param batch_size: also find the largest micro-batch that fits, keeping
+        the effective batch with gradient accumulation.
     :raises AutotuneError: on bad input (unknown plugin/profile/key, ...).
     """
     _check_model(model)
@@ -107,12 +128,17 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
                         workload=Workload.inspect(model, loader, optimizer), disable=disable,
                         overrides=overrides, profile_dirs=profile_dirs, plugins=plugins,
                         strict=strict, manager=manager)
-    plan = planned.plan
-    # The seam for measured tuning: a tuner refines `plan` here -- trials on
-    # copies of the model and loader, the winner written with source
-    # "measured" -- before anything is applied to the user's objects.
-    return apply_plan(model, loader, plan, context=planned.context, manager=planned.manager,
-                      device=target, recommendation=planned.recommendation)
+    # Measured tuning refines the plan here: trials on the user's model and
+    # loader (state restored after), the winner written with source "measured".
+    from autotune.tuner.integration import measure
+
+    measured = measure(model, loader, planned.plan, planned, device=target, optimizer=optimizer,
+                       loss_fn=loss_fn, tune=tune, budget_s=budget_s, remeasure=remeasure,
+                       batch_size=batch_size)
+    tuned = apply_plan(model, measured.loader, measured.plan, context=planned.context,
+                       manager=planned.manager, device=target,
+                       recommendation=planned.recommendation, report=measured.events)
+    return replace(tuned, tuning=measured.report)
 
 
 def apply_plan(model: torch.nn.Module, loader: Any, plan: Plan, *, context: Context,

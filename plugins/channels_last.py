@@ -83,3 +83,19 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     if plan.get(NAME, "enabled", False) and has_conv2d(engine.module):
         engine.input_memory_format = torch.channels_last
         engine.note(NAME, Kind.APPLIED, "4-D floating-point inputs converted to channels_last")
+
+
+# -- candidates for measured tuning ------------------------------------------------
+
+
+def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
+               workload: Workload | None = None) -> list[dict[str, Any]]:
+    """On and off, for models with Conv2d (nothing to try otherwise)."""
+    if workload is not None and workload.model is not None and not workload.has_conv2d:
+        return []
+    return [{"enabled": True}, {"enabled": False}]
+
+
+@hookimpl
+def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
+    return candidates(context.hardware, plan.values(NAME), context.workload)

@@ -112,3 +112,26 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
         engine.revise_plan(NAME, {"mode": "off"}, why)
 
     engine.set_eager_fallback(engine.model._orig_mod, on_fallback)
+
+
+# -- candidates for measured tuning ------------------------------------------------
+
+
+def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
+               workload: Workload | None = None) -> list[dict[str, Any]]:
+    """Modes worth a trial, most promising first. CUDA: reduce-overhead
+    (CUDA graphs remove launch overhead, often the bottleneck of small
+    steps), default, max-autotune. CPU: default only -- reduce-overhead needs
+    CUDA graphs, and max-autotune's kernel autotuning multiplies compile time
+    for a search budget better spent elsewhere (set ``compile.mode:
+    max-autotune`` to use it). ``off`` is always a candidate."""
+    if hardware.has_cuda:
+        modes = ["reduce-overhead", "default", "max-autotune"]
+    else:
+        modes = ["default"]
+    return [{"mode": m} for m in (*modes, "off")]
+
+
+@hookimpl
+def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
+    return candidates(context.hardware, plan.values(NAME), context.workload)

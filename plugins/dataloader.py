@@ -167,3 +167,48 @@ def autotune_apply_loader(loader: Any, plan: Any, context: Context, report: Any)
     report.add(NAME, Kind.APPLIED, f"rebuilt the DataLoader: {before} -> {after}")
     return rebuild_loader(loader, num_workers=workers, pin_memory=pin,
                           persistent_workers=persistent, prefetch_factor=prefetch)
+
+
+# -- candidates for measured tuning ------------------------------------------------
+
+
+def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
+               workload: Workload | None = None) -> list[dict[str, Any]]:
+    """Loader settings worth a trial, measured end to end with the step.
+
+    With a GPU: worker counts around the rule (the rule first, then more,
+    then fewer, up to the usable cores), each with pinned memory and
+    persistent workers, and a deeper prefetch for the rule's count. On a
+    CPU the workers compete with the compute threads, so the counts are
+    0, 1, half and all of the usable cores. Nothing for a loader that is not
+    a plain torch DataLoader or iterates an IterableDataset (another worker
+    count would repeat or drop samples there)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    loader = workload.loader if workload is not None else None
+    if loader is None or type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset):
+        return []
+    cores = hardware.cpu.worker_budget
+    if hardware.has_cuda:
+        rule = max(1, min(cores - 2, MAX_DEFAULT_WORKERS))
+        counts = [rule, *(n for n in (16, 8, 4, 2) if n != rule), 0]
+    else:
+        counts = [0, 1, max(1, cores // 2), cores]
+    seen: list[int] = []
+    for n in counts:
+        if n <= cores and n not in seen:
+            seen.append(n)
+
+    def settings(n: int, prefetch: int | None = 2) -> dict[str, Any]:
+        return {"num_workers": n, "pin_memory": hardware.has_cuda,
+                "persistent_workers": n > 0, "prefetch_factor": prefetch if n > 0 else None}
+
+    out = [settings(n) for n in seen]
+    if hardware.has_cuda and seen and seen[0] > 0:
+        out.insert(1, settings(seen[0], 4))
+    return out
+
+
+@hookimpl
+def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
+    return candidates(context.hardware, plan.values(NAME), context.workload)

@@ -159,3 +159,34 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     values = plan.values(NAME)
     setup_precision(engine, values.get("dtype", "fp32"), bool(values.get("grad_scaler")),
                     values.get("tf32"))
+
+
+# -- candidates for measured tuning ------------------------------------------------
+
+
+def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
+               workload: Workload | None = None) -> list[dict[str, Any]]:
+    """Precisions worth a trial on ``hardware``, most promising first: bf16
+    where it is native, fp16 (with a GradScaler) on CUDA only, TF32 for fp32
+    on Ampere+, and fp32. Never fp16 on a CPU, never bf16 on a CPU without
+    bf16 instructions (both are emulated there and slow)."""
+    has_tf32_key = "tf32" in (plan_values or {})
+    out: list[dict[str, Any]] = []
+    if hardware.has_cuda:
+        gpu = hardware.gpus[0]
+        if gpu.bf16:
+            out.append({"dtype": "bf16", "grad_scaler": False})
+        out.append({"dtype": "fp16", "grad_scaler": True})
+        if has_tf32_key and gpu.tf32:
+            out.append({"dtype": "fp32", "grad_scaler": False, "tf32": True})
+        out.append({"dtype": "fp32", "grad_scaler": False, **({"tf32": False} if has_tf32_key else {})})
+    else:
+        if hardware.cpu.has_bf16:
+            out.append({"dtype": "bf16", "grad_scaler": False})
+        out.append({"dtype": "fp32", "grad_scaler": False})
+    return out
+
+
+@hookimpl
+def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
+    return candidates(context.hardware, plan.values(NAME), context.workload)

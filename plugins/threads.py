@@ -121,3 +121,30 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     engine.on_close(apply_threads(values.get("intra_op"), values.get("inter_op"),
                                   bool(values.get("set_env")),
                                   lambda kind, message: engine.note(NAME, kind, message)))
+
+
+# -- candidates for measured tuning ------------------------------------------------
+
+
+def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
+               workload: Workload | None = None, loader_workers: int = 0) -> list[dict[str, Any]]:
+    """Intra-op thread counts worth a trial: one per usable physical core,
+    one per usable logical core (with SMT), and, when DataLoader workers run
+    beside the step on a CPU-only machine, the cores the workers leave free."""
+    cpu = hardware.cpu
+    smt = max(1, cpu.logical_cores // max(1, cpu.physical_cores))
+    physical = max(1, int(cpu.usable_cores // smt)) if smt > 1 else cpu.worker_budget
+    counts = [physical, cpu.worker_budget]
+    if loader_workers > 0 and not hardware.has_cuda:
+        counts.append(max(1, cpu.worker_budget - loader_workers))
+    out: list[dict[str, Any]] = []
+    for n in counts:
+        if {"intra_op": n} not in out:
+            out.append({"intra_op": n})
+    return out
+
+
+@hookimpl
+def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
+    workers = int(plan.get("dataloader", "num_workers", 0) or 0)
+    return candidates(context.hardware, plan.values(NAME), context.workload, workers)

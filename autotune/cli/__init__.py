@@ -18,7 +18,7 @@ from typing import NoReturn, Sequence
 from autotune.errors import AutotuneError
 
 #: Modules under autotune.cli that add subcommands, in help order.
-COMMAND_MODULES = ("core", "telemetry")
+COMMAND_MODULES = ("core", "bench", "telemetry", "cv")
 
 EXIT_USAGE = 2
 

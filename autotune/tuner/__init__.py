@@ -1,0 +1,18 @@
+"""Measured tuning: trials on the user's own model and DataLoader.
+
+``tune(...)`` measures PyTorch defaults and the candidate plans plugins
+offer, and returns the plan with the fastest settings as source
+``measured``; :func:`find_batch_size` finds the largest micro-batch that
+fits. See docs/tuning.md.
+"""
+
+from autotune.tuner.batch_size import BatchSizeResult, find_batch_size
+from autotune.tuner.candidates import Config
+from autotune.tuner.report import Trial, TuningReport
+from autotune.tuner.search import SearchOptions
+from autotune.tuner.trial import Measurement, Status, TrialOptions
+from autotune.tuner.tuning import DEFAULT_BUDGET_S, TuningResult, tune
+
+__all__ = ["BatchSizeResult", "Config", "DEFAULT_BUDGET_S", "Measurement", "SearchOptions",
+           "Status", "Trial", "TrialOptions", "TuningReport", "TuningResult", "find_batch_size",
+           "tune"]

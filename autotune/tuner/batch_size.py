@@ -1,0 +1,189 @@
+"""Opt-in: the largest micro-batch that fits, with the effective batch kept.
+
+``find_batch_size`` probes real training steps through the engine (the
+plan's precision and compile settings included, since they change memory)
+at growing micro-batch sizes -- doubling, then bisecting between the
+largest size that fitted and the smallest that ran out of memory -- and
+keeps a safety margin below the largest that fitted (memory fragments, and
+a later batch may be larger). The effective batch (micro-batch x
+accumulation steps) stays what the user trains with: the micro-batch is the
+largest divisor of it that fits, and accumulation makes up the rest.
+
+Out-of-memory is caught (``torch.cuda.OutOfMemoryError`` and RuntimeErrors
+saying "out of memory"); model, optimizer, RNG and flags are restored after
+every probe. With ``val_loader``, evaluation is probed at the chosen size
+too; an evaluation OOM is reported (evaluate with smaller batches) but never
+changes the training batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from autotune.errors import AutotuneError
+from autotune.plan import Plan
+from autotune.tuner.state import Snapshot
+from autotune.tuner.trial import classify_failure, is_oom
+
+log = logging.getLogger("autotune.tuner")
+
+
+@dataclass(frozen=True)
+class BatchSizeResult:
+    micro_batch: int
+    accumulation_steps: int
+    effective_batch: int
+    #: The largest micro-batch measured to fit, before the safety margin.
+    largest_fitting: int
+    #: The smallest size that ran out of memory; None if none did.
+    smallest_oom: int | None
+    #: ``(size, "fits" | "out of memory (...)")`` for every probe, in order.
+    probes: tuple[tuple[int, str], ...]
+    #: None without ``val_loader``; else whether evaluation fit at ``micro_batch``.
+    eval_fits: bool | None = None
+    note: str = ""
+
+    def loader(self, loader: DataLoader) -> DataLoader:
+        """``loader`` rebuilt with :attr:`micro_batch` (same dataset and sampler)."""
+        return with_batch_size(loader, self.micro_batch)
+
+
+def with_batch_size(loader: DataLoader, batch_size: int, *, num_workers: int | None = None) -> DataLoader:
+    """A DataLoader like ``loader`` but with another batch size."""
+    if type(loader) is not DataLoader or loader.batch_size is None:
+        raise AutotuneError("batch-size search needs a torch DataLoader built with batch_size=... "
+                            "(not a custom batch_sampler), so the batch size can be changed")
+    workers = loader.num_workers if num_workers is None else num_workers
+    kwargs: dict[str, Any] = dict(batch_size=batch_size, drop_last=loader.drop_last,
+                                  collate_fn=loader.collate_fn, num_workers=workers,
+                                  pin_memory=loader.pin_memory,
+                                  worker_init_fn=loader.worker_init_fn, generator=loader.generator)
+    from torch.utils.data import IterableDataset
+
+    if not isinstance(loader.dataset, IterableDataset):
+        kwargs["sampler"] = loader.sampler
+    if workers > 0:
+        kwargs.update(prefetch_factor=loader.prefetch_factor,
+                      persistent_workers=loader.persistent_workers,
+                      multiprocessing_context=loader.multiprocessing_context)
+    return DataLoader(loader.dataset, **kwargs)
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    for d in range(max(1, min(n, limit)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    loss_fn: Callable[[Any, Any], torch.Tensor], plan: Plan | None = None, *,
+                    context: Any = None, manager: Any = None,
+                    device: str | torch.device | None = None, effective_batch: int | None = None,
+                    max_batch: int | None = None, safety_margin: float = 0.9, steps: int = 2,
+                    val_loader: DataLoader | None = None) -> BatchSizeResult:
+    """See the module docstring. ``effective_batch`` defaults to the loader's
+    batch size times the plan's accumulation steps; ``max_batch`` caps the
+    probes (default: the effective batch)."""
+    from autotune.api import resolve_device
+    from autotune.engine import Engine
+
+    if not 0 < safety_margin <= 1:
+        raise AutotuneError(f"safety_margin must be in (0, 1], got {safety_margin}")
+    plan = plan if plan is not None else Plan()
+    start = int(loader.batch_size or 0)
+    if start < 1:
+        raise AutotuneError("batch-size search needs a loader with batch_size >= 1")
+    effective = effective_batch or start * int(plan.get("accumulation", "steps", 1) or 1)
+    cap = min(max_batch or effective, effective)
+    target = resolve_device(device)
+    snapshot = Snapshot.capture(model, optimizer, loader)
+    probes: list[tuple[int, str]] = []
+
+    def fits(size: int) -> bool:
+        snapshot.restore()
+        probe_loader = with_batch_size(loader, size, num_workers=0)
+        engine = None
+        try:
+            engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,
+                            device=target, progress=False)
+            engine.accumulation_steps = 1
+            engine.fit(probe_loader, epochs=steps, max_steps=steps)
+            probes.append((size, "fits"))
+            return True
+        except Exception as exc:  # noqa: BLE001 - only OOM means "too big"
+            if not is_oom(exc):
+                raise
+            probes.append((size, classify_failure(exc)))
+            if target.type == "cuda":
+                torch.cuda.empty_cache()
+            return False
+        finally:
+            if engine is not None:
+                engine.close()
+            snapshot.restore()
+
+    try:
+        fit, oom = 0, None
+        size = min(start, cap)
+        while size >= 1 and not fits(size):  # shrink until one fits
+            oom, size = size, size // 2
+        if size < 1:
+            raise AutotuneError("even a batch of 1 runs out of memory: the model does not fit "
+                                f"on {target}")
+        fit = size
+        while oom is None and fit < cap:  # grow by doubling up to the cap
+            nxt = min(fit * 2, cap)
+            if fits(nxt):
+                fit = nxt
+            else:
+                oom = nxt
+        while oom is not None and oom - fit > max(1, fit // 16):  # bisect the gap
+            mid = (fit + oom) // 2
+            if fits(mid):
+                fit = mid
+            else:
+                oom = mid
+        limit = fit if oom is None else max(1, int(fit * safety_margin))
+        micro = _divisor_at_most(effective, limit)
+        note = ""
+        eval_fits = None
+        if val_loader is not None:
+            eval_fits, note = _probe_eval(model, optimizer, loss_fn, plan, manager, context,
+                                          target, val_loader, micro, snapshot)
+    finally:
+        snapshot.restore()
+    result = BatchSizeResult(micro, effective // micro, effective, fit, oom, tuple(probes),
+                             eval_fits, note)
+    log.info("batch size: micro-batch %d x %d accumulation steps = %d (largest fitting %d)",
+             result.micro_batch, result.accumulation_steps, effective, fit)
+    return result
+
+
+def _probe_eval(model: Any, optimizer: Any, loss_fn: Any, plan: Plan, manager: Any, context: Any,
+                device: torch.device, val_loader: DataLoader, size: int,
+                snapshot: Snapshot) -> tuple[bool, str]:
+    from autotune.engine import Engine
+
+    snapshot.restore()
+    engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,
+                    device=device, progress=False)
+    try:
+        first = next(iter(with_batch_size(val_loader, size, num_workers=0)))
+        engine.evaluate([first])
+        return True, ""
+    except Exception as exc:  # noqa: BLE001
+        if not is_oom(exc):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return False, (f"evaluation at batch {size} ran out of memory; evaluate with a smaller "
+                       "batch (the training batch is unchanged)")
+    finally:
+        engine.close()
+        snapshot.restore()

@@ -1,0 +1,223 @@
+"""``autotune bench``: PyTorch defaults vs tuned (vs the best of the grid)
+on a built-in workload, measured in one run on this machine.
+
+1. the tuner searches, as ``autotune.apply`` would (no cache);
+2. with ``grid=True``, every combination of the candidates is measured;
+3. a **confirmation** round re-measures defaults, the tuner's winner and the
+   grid's best back to back, ``rounds`` times, interleaved, so the three
+   headline numbers share the machine's conditions (on a shared machine the
+   load drifts between the search's trials).
+
+Built on the same trial code as the tuner; nothing here is specific to
+the CLI, so benchmarks/run_cpu.py and run_gpu.py call :func:`run_bench`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autotune.context import Workload
+from autotune.planner import make_plan
+from autotune.tuner.candidates import Config
+from autotune.tuner.grid import grid_configs, measure_grid
+from autotune.tuner.report import Trial, TuningReport
+from autotune.tuner.runner import TrialRunner, Workbench
+from autotune.tuner.search import Search, SearchOptions
+from autotune.tuner.state import Snapshot
+from autotune.tuner.trial import TrialOptions
+from autotune.tuner.tuning import tune
+from autotune.workloads import ReferenceWorkload, get_workload
+
+log = logging.getLogger("autotune.tuner")
+
+#: Plain PyTorch trains without gradient clipping; the bench's baseline
+#: must be plain PyTorch, and clipping is not a speed setting anyway.
+BENCH_DISABLED = ("clipping", "parallel_folds")
+
+
+@dataclass(frozen=True)
+class Headline:
+    name: str
+    label: str
+    samples_per_s: float | None
+    step_ms: float | None
+    rates: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "samples_per_s": self.samples_per_s,
+                "step_ms": self.step_ms, "rounds": list(self.rates)}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    workload: str
+    description: str
+    device: str
+    tuning: TuningReport
+    grid: tuple[Trial, ...] = ()
+    headlines: tuple[Headline, ...] = ()
+    machine: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def headline(self, name: str) -> Headline | None:
+        return next((h for h in self.headlines if h.name == name), None)
+
+    def ratio(self, name: str, over: str = "defaults") -> float | None:
+        a, b = self.headline(name), self.headline(over)
+        if not a or not b or not a.samples_per_s or not b.samples_per_s:
+            return None
+        return a.samples_per_s / b.samples_per_s
+
+    def table(self) -> str:
+        from autotune.cli.output import table
+
+        rows = []
+        for h in self.headlines:
+            rows.append([h.name, f"{h.samples_per_s:.1f}" if h.samples_per_s else "-",
+                         f"{h.step_ms:.1f}" if h.step_ms else "-",
+                         f"{self.ratio(h.name):.2f}x" if self.ratio(h.name) else "-", h.label])
+        text = table(rows, ["", "samples/s", "ms/step", "vs defaults", "settings"])
+        tuned_vs_grid = self.ratio("tuned", "grid best")
+        if tuned_vs_grid is not None:
+            text += f"\ntuned reaches {tuned_vs_grid:.0%} of the grid's best"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload, "description": self.description, "device": self.device,
+            "headlines": [h.to_dict() for h in self.headlines],
+            "tuned_vs_defaults": self.ratio("tuned"),
+            "grid_best_vs_defaults": self.ratio("grid best"),
+            "tuned_vs_grid_best": self.ratio("tuned", "grid best"),
+            "tuning": self.tuning.to_dict(),
+            "grid": [t.to_dict() for t in self.grid],
+            "machine": self.machine, "wall_s": self.wall_s,
+        }
+
+
+def machine_facts() -> dict[str, Any]:
+    from autotune.detect import detect
+
+    hardware = detect()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": hardware.cpu.brand, "cores": hardware.cpu.usable_cores,
+            "cpu_flags": list(hardware.cpu.flags),
+            "gpus": [g.name for g in hardware.gpus], "torch": torch.__version__,
+            "python": platform.python_version(), "os": hardware.os,
+            "fingerprint": hardware.fingerprint,
+            "loadavg_at_start": list(load) if load else None}
+
+
+def _confirm(runner: TrialRunner, contenders: list[tuple[str, Config]], rounds: int) -> list[Headline]:
+    rates: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    steps: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    # One measurement per distinct configuration and round: when the tuner
+    # picked the grid's best (or the defaults), they share their numbers.
+    first: dict[str, str] = {}
+    for name, config in contenders:
+        first.setdefault(config.key(), name)
+    for _ in range(rounds):
+        for name, config in contenders:
+            if first[config.key()] != name:
+                continue
+            trial = runner.measure(config, f"confirm {name}", force=True)
+            if trial.ok and trial.samples_per_s and trial.step_ms:
+                rates[name].append(trial.samples_per_s)
+                steps[name].append(trial.step_ms)
+    baseline = runner.baseline
+    out = []
+    for name, config in contenders:
+        source = first[config.key()]
+        out.append(Headline(name, config.describe(baseline),
+                            statistics.median(rates[source]) if rates[source] else None,
+                            statistics.median(steps[source]) if steps[source] else None,
+                            tuple(rates[source])))
+    return out
+
+
+def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300.0, grid: bool = False,
+              rounds: int = 2, device: str | None = None, seed: int = 0,
+              trial: TrialOptions | None = None, progress: bool = True) -> BenchResult:
+    """Tune ``workload`` (a name from :data:`autotune.workloads.WORKLOADS`
+    or a :class:`~autotune.workloads.ReferenceWorkload`) and measure
+    defaults vs tuned (vs the grid's best)."""
+    from autotune.api import resolve_device
+
+    started = time.perf_counter()
+    machine = machine_facts()
+    spec = get_workload(workload) if isinstance(workload, str) else workload
+    model, loader, optimizer = spec.build(seed)
+    target = resolve_device(device)
+    model.to(target)
+    planned = make_plan(workload=Workload.inspect(model, loader, optimizer),
+                        disable=BENCH_DISABLED)
+    options = SearchOptions(trial=trial or TrialOptions(chunk_s=1.0))
+    result = tune(model, loader, optimizer, spec.loss_fn, planned.plan, context=planned.context,
+                  manager=planned.manager, device=target, budget_s=budget_s, cache=False,
+                  options=options, progress=progress)
+    baseline = result.baseline
+    bench = Workbench(model, loader, optimizer, spec.loss_fn, planned.plan, planned.context,
+                      planned.manager, target)
+    snapshot = Snapshot.capture(model, optimizer, loader)
+    runner = TrialRunner(bench, snapshot, baseline, budget_s=None, options=options.trial,
+                         progress=progress)
+    grid_trials: list[Trial] = []
+    try:
+        contenders = [("defaults", baseline),
+                      ("tuned", result.winner if result.winner is not None else baseline)]
+        if grid:
+            configs = grid_configs(Search(runner, options))
+            grid_trials = measure_grid(runner, configs)
+            measured = [(c, t) for c, t in zip(configs, grid_trials) if t.ok]
+            if measured:
+                best_config, _ = max(measured, key=lambda ct: ct[1].samples_per_s or 0.0)
+                contenders.append(("grid best", best_config))
+        headlines = _confirm(runner, contenders, rounds) if rounds > 0 else []
+    finally:
+        snapshot.restore()
+        runner.close()
+    return BenchResult(spec.name, spec.description, str(target), result.report,
+                       tuple(grid_trials), tuple(headlines), machine,
+                       time.perf_counter() - started)
+
+
+def plot_bench(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    """Bars of samples/s: every search trial, the grid, and the headlines.
+    Object API on the Agg canvas (never pyplot): headless, nothing left open."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    panels = [("search trials", [t for t in result.tuning.trials if t.ok])]
+    if result.grid:
+        panels.append(("grid", [t for t in result.grid if t.ok]))
+    fig = Figure(figsize=(12, 3 + 2.2 * len(panels)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels) + 1, 1, squeeze=False)[:, 0]
+    names = [h.name for h in result.headlines]
+    values = [h.samples_per_s or 0.0 for h in result.headlines]
+    axes[0].barh(names, values, color=["tab:gray", "tab:green", "tab:blue"][: len(names)])
+    for y, (v, h) in enumerate(zip(values, result.headlines)):
+        ratio = result.ratio(h.name)
+        axes[0].text(v, y, f" {v:.1f}" + (f" ({ratio:.2f}x)" if ratio else ""), va="center")
+    axes[0].set(title=f"{result.workload} on {result.device}: confirmation round",
+                xlabel="samples/s")
+    axes[0].invert_yaxis()
+    for ax, (title, trials) in zip(axes[1:], panels):
+        labels = [f"#{t.index} {t.label[:60]}" for t in trials]
+        ax.barh(labels, [t.samples_per_s or 0.0 for t in trials], color="tab:orange")
+        ax.set(title=title, xlabel="samples/s")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    fig.savefig(path, dpi=100)
+    return path

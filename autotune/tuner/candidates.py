@@ -1,0 +1,214 @@
+"""The search space: configurations, the baseline, and hardware priors.
+
+A :class:`Config` is what one trial runs: ``{plugin: {key: value}}`` for
+the plugins the tuner searches, laid over the plan (user overrides always
+stay as the user set them). Three kinds of configuration matter:
+
+* the **baseline** -- PyTorch defaults: no autocast, no compile,
+  contiguous memory format, the user's DataLoader exactly as built, the
+  thread count torch has now. Third-party plugins keep their planned
+  values (autotune cannot know their "off"). Semantic settings
+  (accumulation, clipping) are never searched: tuning changes speed, not
+  what is trained.
+* the **planned** configuration -- what the rules and the profile chose;
+* the alternatives plugins offer through ``autotune_candidates``.
+
+Priors (:func:`prior`) order the plugin groups by the gain they are likely
+to bring on this hardware and workload, so a short budget is spent where it
+pays; :func:`prune_reason` drops candidates the hardware cannot run well
+(bf16 on a CPU without bf16 instructions, fp16 on a CPU, CUDA graphs
+without CUDA, pinned memory without a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from autotune.context import Workload
+from autotune.hardware import Hardware
+from autotune.plan import Plan, Source
+
+#: Searched in the step phase (the training step itself), or in the loader
+#: phase, which is measured end to end after the step settings are chosen.
+STEP, LOADER = "step", "loader"
+#: Built-ins that change training semantics or are not about step speed.
+NOT_SEARCHED = frozenset({"accumulation", "clipping", "parallel_folds"})
+LOADER_PLUGINS = frozenset({"dataloader"})
+#: The prior for a third-party plugin that offers candidates.
+UNKNOWN_PRIOR = 0.1
+
+
+@dataclass(frozen=True)
+class Config:
+    """``{plugin: {key: value}}``; hashable through :meth:`key`."""
+
+    values: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return json.dumps(self.values, sort_keys=True, default=str)
+
+    def merged(self, plugin: str, values: Mapping[str, Any]) -> "Config":
+        out = {p: dict(v) for p, v in self.values.items()}
+        out.setdefault(plugin, {}).update(values)
+        return Config(out)
+
+    def to_plan(self, base: Plan, reason: str) -> Plan:
+        """``base`` with these values as measured (overrides still win)."""
+        plan = base
+        for plugin, values in self.values.items():
+            if plugin in base.settings and values:
+                plan = plan.with_values(plugin, values, Source.MEASURED, reason)
+        return plan
+
+    def diff(self, other: "Config") -> dict[str, dict[str, Any]]:
+        """What this configuration sets differently from ``other``."""
+        out: dict[str, dict[str, Any]] = {}
+        for plugin, values in self.values.items():
+            theirs = other.values.get(plugin, {})
+            for key, value in values.items():
+                if key not in theirs or theirs[key] != value:
+                    out.setdefault(plugin, {})[key] = value
+        return out
+
+    def describe(self, baseline: "Config") -> str:
+        """A short label: the settings that differ from the baseline."""
+        diff = self.diff(baseline)
+        if not diff:
+            return "PyTorch defaults"
+        return ", ".join(f"{p}.{k}={_short(v)}" for p, kv in diff.items() for k, v in kv.items())
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {p: dict(v) for p, v in self.values.items()}
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Group:
+    """One plugin's settings, searched together."""
+
+    plugin: str
+    phase: str
+    prior: float
+    why: str
+
+
+def searched_keys(plan: Plan, plugin: str) -> set[str]:
+    """Keys the tuner may change: all but the user's overrides."""
+    return {k for k, s in plan.settings.get(plugin, {}).items() if s.source is not Source.OVERRIDE}
+
+
+def restrict(plan: Plan, plugin: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    keys = searched_keys(plan, plugin)
+    return {k: v for k, v in values.items() if k in keys}
+
+
+def baseline_config(plan: Plan, loader: Any, *, threads_now: int,
+                    searched: Iterable[str] = ()) -> Config:
+    """PyTorch defaults for the built-in speed plugins in ``plan``; the
+    planned values for the other ``searched`` plugins (third-party ones)."""
+    known: dict[str, dict[str, Any]] = {
+        "mixed_precision": {"dtype": "fp32", "grad_scaler": False, "tf32": None},
+        "compile": {"mode": "off"},
+        "channels_last": {"enabled": False},
+        "threads": {"intra_op": threads_now, "inter_op": None, "set_env": False},
+    }
+    if loader is not None and hasattr(loader, "num_workers"):
+        known["dataloader"] = {
+            "num_workers": int(loader.num_workers),
+            "pin_memory": bool(getattr(loader, "pin_memory", False)),
+            "persistent_workers": bool(getattr(loader, "persistent_workers", False)),
+            "prefetch_factor": getattr(loader, "prefetch_factor", None)
+            if loader.num_workers > 0 else None,
+        }
+    values = {}
+    for plugin, settings in known.items():
+        present = {k: v for k, v in settings.items() if k in plan.settings.get(plugin, {})}
+        restricted = restrict(plan, plugin, present)
+        if restricted:
+            values[plugin] = restricted
+    for plugin in searched:
+        if plugin not in known:
+            restricted = restrict(plan, plugin, plan.values(plugin))
+            if restricted:
+                values[plugin] = restricted
+    return Config(values)
+
+
+def planned_config(plan: Plan, plugins: Iterable[str], baseline: Config) -> Config:
+    """The plan's own values for the searched plugins' keys."""
+    values: dict[str, dict[str, Any]] = {}
+    for plugin in plugins:
+        # The keys the baseline sets (a built-in), else every searchable key.
+        keys = set(baseline.values.get(plugin, {})) or searched_keys(plan, plugin)
+        chosen = {k: plan.get(plugin, k) for k in keys if k in plan.settings.get(plugin, {})}
+        chosen = restrict(plan, plugin, chosen)
+        if chosen:
+            values[plugin] = chosen
+    return Config(values)
+
+
+def prior(plugin: str, hardware: Hardware, workload: Workload, device_type: str) -> tuple[float, str]:
+    """Expected relative gain of searching ``plugin`` here (0: not worth a
+    trial), with the reason. Used to order groups, never as a result."""
+    cuda = device_type == "cuda"
+    conv = workload.has_conv2d
+    if plugin in NOT_SEARCHED:
+        return 0.0, "changes what is trained, not how fast"
+    if plugin == "mixed_precision":
+        if cuda:
+            return 0.6, "tensor cores run bf16/fp16 matmuls and convolutions much faster"
+        if hardware.cpu.has_bf16:
+            return 0.6, "the CPU has native bf16 (AVX512-BF16/AMX)"
+        return 0.0, "no native bf16 on this CPU and fp16 autocast needs CUDA"
+    if plugin == "channels_last":
+        if not conv:
+            return 0.0, "no Conv2d in the model"
+        return (0.3, "NHWC convolutions (cuDNN/oneDNN)")
+    if plugin == "compile":
+        return (0.4, "kernel fusion and CUDA graphs") if cuda else (
+            0.2, "inductor fuses elementwise ops; pays only on some models on CPU")
+    if plugin == "dataloader":
+        return (0.5, "an input-bound GPU waits for the loader") if cuda else (
+            0.1, "loader workers compete with compute threads on a CPU")
+    if plugin == "threads":
+        return (0.02, "intra-op threads rarely matter when a GPU computes") if cuda else (
+            0.05, "compute threads vs loader workers on the same cores")
+    return UNKNOWN_PRIOR, "third-party plugin"
+
+
+def order_groups(plugins: Iterable[str], hardware: Hardware, workload: Workload,
+                 device_type: str) -> list[Group]:
+    """Step groups by prior (highest first), then the loader groups."""
+    groups = []
+    for plugin in plugins:
+        gain, why = prior(plugin, hardware, workload, device_type)
+        if gain > 0:
+            phase = LOADER if plugin in LOADER_PLUGINS else STEP
+            groups.append(Group(plugin, phase, gain, why))
+    return sorted(groups, key=lambda g: (g.phase == LOADER, -g.prior))
+
+
+def prune_reason(plugin: str, values: Mapping[str, Any], hardware: Hardware,
+                 device_type: str) -> str | None:
+    """Why this candidate is not worth a trial here, or None."""
+    cuda = device_type == "cuda"
+    if plugin == "mixed_precision":
+        dtype = values.get("dtype")
+        if dtype == "fp16" and not cuda:
+            return "fp16 autocast needs CUDA (emulated and slow on a CPU)"
+        if dtype == "bf16" and not cuda and not hardware.cpu.has_bf16:
+            return "this CPU has no bf16 instructions (AVX512-BF16/AMX)"
+        if dtype == "bf16" and cuda and hardware.gpus and not hardware.gpus[0].bf16:
+            return f"{hardware.gpus[0].name} has no bf16 tensor cores"
+    if plugin == "compile" and values.get("mode") == "reduce-overhead" and not cuda:
+        return "reduce-overhead uses CUDA graphs, which need CUDA"
+    if plugin == "dataloader" and values.get("pin_memory") and not cuda:
+        return "pinned memory only speeds up copies to a GPU"
+    if plugin == "dataloader" and int(values.get("num_workers") or 0) > hardware.cpu.worker_budget:
+        return f"more workers than the {hardware.cpu.worker_budget} usable cores"
+    return None

@@ -1,0 +1,105 @@
+"""The measured-tuning step of :func:`autotune.apply`, between planning and
+application: optionally find the batch size, then measure, then hand the
+plan (with measured values), the loader to apply it to, and what happened
+to ``apply_plan``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from autotune.errors import AutotuneError
+from autotune.plan import Plan, Source
+from autotune.report import Kind, Report
+from autotune.tuner.report import TuningReport
+from autotune.tuner.search import SearchOptions
+
+log = logging.getLogger("autotune.tuner")
+
+NAME = "tuner"
+
+
+@dataclass(frozen=True)
+class Measured:
+    plan: Plan
+    loader: Any
+    #: Events for the apply report ("tuner: applied: ...").
+    events: Report
+    #: None when nothing was measured (tune=False, or nothing to measure with).
+    report: TuningReport | None = None
+    batch_size: Any = None
+
+
+def wants_tuning(tune: Any, loader: Any, optimizer: Any, loss_fn: Any) -> bool:
+    """``tune=None`` (the default) measures when everything a trial needs
+    was given: a loader, the optimizer and the loss function."""
+    if tune is None:
+        return loader is not None and optimizer is not None and loss_fn is not None
+    if tune and (loader is None or optimizer is None or loss_fn is None):
+        missing = [n for n, v in (("loader", loader), ("optimizer", optimizer),
+                                  ("loss_fn", loss_fn)) if v is None]
+        raise AutotuneError(f"apply(tune=True) runs real training steps and needs "
+                            f"{', '.join(missing)}; HINT: apply(model, loader, optimizer=opt, "
+                            "loss_fn=fn), or tune=False to apply the rule-based plan")
+    return bool(tune)
+
+
+def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
+            device: torch.device, optimizer: Any = None,
+            loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+            tune: bool | SearchOptions | None = None,
+            budget_s: float | None = None, remeasure: bool = False,
+            batch_size: bool = False) -> Measured:
+    from autotune.tuner.tuning import DEFAULT_BUDGET_S
+    from autotune.tuner.tuning import tune as run_tuning
+
+    events = Report()
+    if not wants_tuning(tune, loader, optimizer, loss_fn):
+        if batch_size:
+            raise AutotuneError("apply(batch_size=True) measures real training steps and needs "
+                                "loader, optimizer and loss_fn")
+        return Measured(plan, loader, events)
+    assert optimizer is not None and loss_fn is not None
+    found = None
+    steps_setting = plan.setting("accumulation", "steps")
+    if batch_size and steps_setting is not None and steps_setting.source is Source.OVERRIDE:
+        events.add(NAME, Kind.WARNING, "batch-size search skipped: accumulation.steps is set "
+                   "by the user, so another micro-batch would change the effective batch")
+    elif batch_size:
+        from autotune.tuner.batch_size import find_batch_size
+
+        found = find_batch_size(model, loader, optimizer, loss_fn, plan, context=planned.context,
+                                manager=planned.manager, device=device)
+        if found.micro_batch != loader.batch_size:
+            loader = found.loader(loader)
+        plan = plan.with_values("accumulation", {"steps": found.accumulation_steps},
+                                Source.MEASURED, f"micro-batch {found.micro_batch} x "
+                                f"{found.accumulation_steps} keeps the effective batch "
+                                f"{found.effective_batch} (largest fitting: {found.largest_fitting})")
+        events.add(NAME, Kind.APPLIED, f"batch size: micro-batch {found.micro_batch} x "
+                   f"{plan.get('accumulation', 'steps')} accumulation steps = effective batch "
+                   f"{found.effective_batch}")
+    result = run_tuning(model, loader, optimizer, loss_fn, plan, context=planned.context,
+                        manager=planned.manager, device=device,
+                        budget_s=DEFAULT_BUDGET_S if budget_s is None else budget_s,
+                        remeasure=remeasure,
+                        options=tune if isinstance(tune, SearchOptions) else None)
+    report = result.report
+    if report.from_cache:
+        events.add(NAME, Kind.APPLIED, f"measured settings from the tuning cache "
+                   f"({report.cache_path}); no trials ran")
+    elif report.winner is not None:
+        speed = report.speedup
+        events.add(NAME, Kind.APPLIED, f"{len(report.measured_trials())} trials in "
+                   f"{report.search_s:.1f} s; winner: {report.winner.label}"
+                   + (f" ({speed:.2f}x PyTorch defaults)" if speed else ""))
+    else:
+        events.add(NAME, Kind.WARNING, "nothing could be measured; the plan keeps its "
+                   "rule-based values: " + (report.trials[0].reason if report.trials else ""))
+    if report.interrupted:
+        events.add(NAME, Kind.WARNING, "tuning was interrupted; the best configuration measured "
+                   "so far is applied")
+    return Measured(result.plan, loader, events, report, found)

@@ -1,0 +1,70 @@
+"""CPU benchmarks: PyTorch defaults vs autotune's pick vs the best of the
+exhaustive grid, measured in one run, on the built-in workloads.
+
+    python benchmarks/run_cpu.py                      # cnn and transformer
+    python benchmarks/run_cpu.py --workload mlp --budget 120
+
+Each workload waits for a quiet machine (1-minute load below --max-load,
+up to --max-wait seconds), then tunes (as autotune.apply would), measures
+every configuration of the grid, and re-measures defaults / tuned / grid
+best back to back (--rounds). Results go to benchmarks/results/cpu_<name>.json
+(with the command, the machine, the load averages before and after) and a
+plot beside it. Targets are checked and printed; --check exits 1 if one is
+missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, run_one  # noqa: E402
+
+#: The goals from the tuning issue for this 2-core CPU; a workload not
+#: listed only has the floor (never slower than PyTorch defaults).
+TARGETS = {
+    "cnn": {"tuned_vs_defaults": 2.1, "tuned_vs_grid_best": 0.95},
+    "transformer": {"tuned_vs_defaults": 1.1},
+}
+FLOOR = 0.97
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", action="append", choices=["cnn", "transformer", "mlp"],
+                        help="repeatable; default: cnn and transformer")
+    parser.add_argument("--budget", type=float, default=300.0, help="tuner budget, seconds")
+    parser.add_argument("--rounds", type=int, default=3, help="confirmation rounds")
+    parser.add_argument("--chunk-s", type=float, default=1.0, help="seconds per timed chunk")
+    parser.add_argument("--no-grid", action="store_true", help="skip the exhaustive grid")
+    parser.add_argument("--max-load", type=float, default=0.5)
+    parser.add_argument("--max-wait", type=float, default=600.0)
+    parser.add_argument("--attempts", type=int, default=3,
+                        help="runs when other processes disturbed the previous one")
+    parser.add_argument("--max-foreign", type=float, default=0.05,
+                        help="CPU share other processes may use during a valid run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+
+    missed = []
+    for name in args.workload or ["cnn", "transformer"]:
+        targets = {"tuned_vs_defaults": FLOOR, **TARGETS.get(name, {})}
+        if args.no_grid:
+            targets.pop("tuned_vs_grid_best", None)
+        record = run_one(name, name, "cpu", budget_s=args.budget, grid=not args.no_grid,
+                         rounds=args.rounds, chunk_s=args.chunk_s, device="cpu",
+                         max_load=args.max_load, max_wait_s=args.max_wait, targets=targets,
+                         out_dir=args.out, attempts=args.attempts,
+                         max_foreign=args.max_foreign)
+        missed += [f"{name}: {k}" for k, c in record["targets"].items() if not c["met"]]
+    if missed:
+        print("targets missed: " + "; ".join(missed))
+    return 1 if (missed and args.check) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

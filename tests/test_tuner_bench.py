@@ -1,0 +1,50 @@
+"""``autotune bench`` end to end on the smallest built-in workload: the
+table, the JSON and the plot (numbers themselves belong in benchmarks/)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autotune.cli import main
+from autotune.workloads import WORKLOADS, get_workload
+
+QUICK = ["bench", "--workload", "mlp", "--budget", "3", "--rounds", "1", "--chunk-s", "0.05",
+         "--no-progress"]
+
+
+def test_bench_prints_defaults_vs_tuned_and_writes_the_plot(tmp_path, capsys) -> None:
+    plot = tmp_path / "bench.png"
+    assert main([*QUICK, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "winner: #" in out
+    assert "confirmation" in out and "defaults" in out and "tuned" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_json(capsys) -> None:
+    assert main([*QUICK, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["workload"] == "mlp" and data["tuning"]["trials"][0]["role"] == "baseline"
+    names = [h["name"] for h in data["headlines"]]
+    assert names == ["defaults", "tuned"] and data["tuned_vs_defaults"] > 0
+    assert data["machine"]["torch"]
+
+
+def test_bench_rejects_bad_input(capsys) -> None:
+    assert main(["bench", "--budget", "0"]) == 2
+    assert "--budget" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--workload", "nope"])
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_every_workload_builds_and_trains_one_step(name) -> None:
+    spec = get_workload(name)
+    model, loader, optimizer = spec.build(batch_size=2)
+    inputs, targets = next(iter(loader))
+    loss = spec.loss_fn(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    assert loss.isfinite()
