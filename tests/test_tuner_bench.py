@@ -48,3 +48,18 @@ def test_every_workload_builds_and_trains_one_step(name) -> None:
     loss.backward()
     optimizer.step()
     assert loss.isfinite()
+
+
+def test_plot_labels_keep_what_tells_trials_apart() -> None:
+    from autotune.tuner.bench import short_label
+
+    assert short_label({}) == "PyTorch defaults"
+    assert short_label({"mixed_precision": {"dtype": "bf16"}, "compile": {"mode": "default"},
+                        "channels_last": {"enabled": True}}) == \
+        "dtype=bf16, compile=default, channels_last"
+    # Two trials that differ only in their last setting keep different labels.
+    common = {"mixed_precision": {"dtype": "bf16"}, "channels_last": {"enabled": True},
+              "threads": {"set_env": True}}
+    one, two = (short_label({**common, "dataloader": {"num_workers": n, "pin_memory": False}})
+                for n in (1, 2))
+    assert one != two and "num_workers=1" in one and "no pin_memory" in one

@@ -18,10 +18,11 @@ import logging
 import os
 import platform
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -55,6 +56,11 @@ class Headline:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "samples_per_s": self.samples_per_s,
                 "step_ms": self.step_ms, "rounds": list(self.rates)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Headline":
+        return cls(data["name"], data["label"], data.get("samples_per_s"), data.get("step_ms"),
+                   tuple(data.get("rounds", ())))
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,15 @@ class BenchResult:
             "grid": [t.to_dict() for t in self.grid],
             "machine": self.machine, "wall_s": self.wall_s,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BenchResult":
+        """Read back :meth:`to_dict` (e.g. to plot a committed result again)."""
+        return cls(data["workload"], data.get("description", ""), data.get("device", ""),
+                   TuningReport.from_dict(data["tuning"]),
+                   tuple(Trial.from_dict(t) for t in data.get("grid", ())),
+                   tuple(Headline.from_dict(h) for h in data.get("headlines", ())),
+                   dict(data.get("machine", {})), float(data.get("wall_s", 0.0)))
 
 
 def machine_facts() -> dict[str, Any]:
@@ -190,6 +205,29 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
                        time.perf_counter() - started)
 
 
+def short_label(changes: Mapping[str, Mapping[str, Any]], width: int = 64) -> str:
+    """A bar label that keeps what tells trials apart: plugin prefixes
+    dropped (``dtype=bf16``, but ``compile=default``), switches by name
+    (``channels_last``), wrapped onto two lines rather than cut, since
+    trials often differ only at the end."""
+    parts = []
+    for plugin, values in changes.items():
+        for key, value in values.items():
+            if key == "enabled":
+                parts.append(plugin if value else f"no {plugin}")
+            elif key == "mode":  # "mode=default" alone would not say of what
+                parts.append(f"{plugin}={value}")
+            elif value is True:
+                parts.append(key)
+            elif value is False:
+                parts.append(f"no {key}")
+            else:
+                parts.append(f"{key}={value}")
+    text = ", ".join(parts) or "PyTorch defaults"
+    lines = textwrap.wrap(text, width)
+    return "\n".join(lines[:2]) + (" ..." if len(lines) > 2 else "")
+
+
 def plot_bench(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     """Bars of samples/s: every search trial, the grid, and the headlines.
     Object API on the Agg canvas (never pyplot): headless, nothing left open."""
@@ -201,9 +239,13 @@ def plot_bench(result: BenchResult, path: str | os.PathLike[str]) -> Path:
     panels = [("search trials", [t for t in result.tuning.trials if t.ok])]
     if result.grid:
         panels.append(("grid", [t for t in result.grid if t.ok]))
-    fig = Figure(figsize=(12, 3 + 2.2 * len(panels)), layout="constrained")
+    # Each panel tall enough for its bars' labels to stay readable.
+    heights = [1.0 + 0.3 * max(len(result.headlines), 1)] + [
+        1.0 + 0.32 * max(len(trials), 1) for _, trials in panels]
+    fig = Figure(figsize=(12, sum(heights)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels) + 1, 1, squeeze=False)[:, 0]
+    axes = fig.subplots(len(panels) + 1, 1, squeeze=False,
+                        gridspec_kw={"height_ratios": heights})[:, 0]
     names = [h.name for h in result.headlines]
     values = [h.samples_per_s or 0.0 for h in result.headlines]
     axes[0].barh(names, values, color=["tab:gray", "tab:green", "tab:blue"][: len(names)])
@@ -214,7 +256,7 @@ def plot_bench(result: BenchResult, path: str | os.PathLike[str]) -> Path:
                 xlabel="samples/s")
     axes[0].invert_yaxis()
     for ax, (title, trials) in zip(axes[1:], panels):
-        labels = [f"#{t.index} {t.label[:60]}" for t in trials]
+        labels = [f"#{t.index} {short_label(t.changes)}" for t in trials]
         ax.barh(labels, [t.samples_per_s or 0.0 for t in trials], color="tab:orange")
         ax.set(title=title, xlabel="samples/s")
         ax.tick_params(axis="y", labelsize=7)
