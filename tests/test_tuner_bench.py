@@ -8,6 +8,7 @@ import json
 import pytest
 
 from autotune.cli import main
+from autotune.tuner.bench import BenchResult, plot_bench
 from autotune.workloads import WORKLOADS, get_workload
 
 QUICK = ["bench", "--workload", "mlp", "--budget", "3", "--rounds", "1", "--chunk-s", "0.05",
@@ -23,13 +24,17 @@ def test_bench_prints_defaults_vs_tuned_and_writes_the_plot(tmp_path, capsys) ->
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_json(capsys) -> None:
+def test_bench_json(capsys, tmp_path) -> None:
     assert main([*QUICK, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["workload"] == "mlp" and data["tuning"]["trials"][0]["role"] == "baseline"
     names = [h["name"] for h in data["headlines"]]
     assert names == ["defaults", "tuned"] and data["tuned_vs_defaults"] > 0
     assert data["machine"]["torch"]
+    # A saved result reads back whole, so a committed benchmark can be plotted again.
+    again = BenchResult.from_dict(data)
+    assert json.loads(json.dumps(again.to_dict())) == data
+    assert plot_bench(again, tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_rejects_bad_input(capsys) -> None:
