@@ -1,17 +1,23 @@
-"""The command line: detect, profiles, plugins, plan; exit codes; --json."""
+"""The command line: detect, profiles, plugins, plan; exit codes; --json,
+--version and -v in either place."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import re
 import subprocess
 import sys
 import warnings
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
+import autotune
 from autotune import detect
-from autotune.cli import main
+from autotune.cli import build_parser, main, verbosity
 from autotune.cli.output import table, warnings_as_lines
 from autotune.hardware import Hardware
 from autotune.manager import BUILTIN_PLUGINS, PluginWarning
@@ -237,3 +243,67 @@ def test_console_script_and_module_entry_point():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("autotune: error: unknown plugin name(s) to disable: nope")
+
+
+# -- --version, -v, --json everywhere ------------------------------------------------
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    version = metadata.version("torch-autotune")
+    assert capsys.readouterr().out == f"autotune {version}\n"
+    assert version == autotune.__version__
+
+
+@pytest.mark.parametrize("argv, count", [
+    (["detect"], 0),
+    (["-v", "detect"], 1),
+    (["detect", "-v"], 1),
+    (["-vv", "plan"], 2),
+    (["plan", "-vv", "--json"], 2),
+    (["-v", "plugins", "-v"], 2),
+    (["profiles", "show", "h100", "-v"], 1),
+    (["cv", "-v", "runs/cv"], 1),
+    (["report", "t.jsonl", "--verbose"], 1),
+])
+def test_verbose_before_or_after_the_command(argv, count):
+    assert verbosity(build_parser().parse_args(argv)) == count
+
+
+@pytest.mark.parametrize("argv", [["-v", "detect", "--json"], ["detect", "--json", "-v"]])
+def test_both_places_of_v_log_at_info(capsys, monkeypatch, argv):
+    levels = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    assert main(argv) == 0
+    assert levels == [logging.INFO]
+
+
+def _commands(parser: argparse.ArgumentParser,
+              prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (sub)command's parser by its full name: ``{"profiles show": ...}``."""
+    out = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out[f"{prefix}{name}"] = sub
+                out.update(_commands(sub, f"{prefix}{name} "))
+    return out
+
+
+#: The one command without --json: a long-running sampler whose samples
+#: already go to --out as JSON lines; it prints no report.
+NO_JSON = {"daemon"}
+
+
+def test_every_command_but_the_daemon_takes_json_as_the_readme_says():
+    commands = _commands(build_parser())
+    with_json = {name for name, p in commands.items()
+                 if any("--json" in a.option_strings for a in p._actions)}
+    assert set(commands) - with_json == NO_JSON
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    listed = re.search(r"every command\s+except `daemon`:(.*?)\.\s", section, re.S)
+    assert listed, "the README's Command line section no longer says which commands take --json"
+    assert set(re.findall(r"`([a-z][a-z ]*)`", listed.group(1))) == with_json, listed.group(1)

@@ -3,7 +3,8 @@
 Each subcommand group lives in its own module under ``autotune.cli`` and
 exposes ``register(subparsers)``; ``main`` wires them together. Errors that
 derive from :class:`~autotune.errors.AutotuneError` become one line on
-stderr and exit code 2, never a traceback.
+stderr and exit code 2, never a traceback. ``-v``/``-vv`` work before the
+subcommand and after it (``autotune -v detect`` = ``autotune detect -v``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+from importlib import metadata
 from typing import NoReturn, Sequence
 
 from autotune.errors import AutotuneError
@@ -21,6 +23,10 @@ from autotune.errors import AutotuneError
 COMMAND_MODULES = ("core", "bench", "telemetry", "cv")
 
 EXIT_USAGE = 2
+#: The distribution autotune is installed as (``pip install torch-autotune``).
+DISTRIBUTION = "torch-autotune"
+#: Namespace attributes holding -v counts start with this; one per parser level.
+_VERBOSE = "verbose"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,24 +36,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def version() -> str:
+    """The installed distribution's version, else the package's own."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree, not installed
+        from autotune import __version__
+
+        return __version__
+
+
+def _add_verbose(parser: argparse.ArgumentParser, depth: int) -> None:
+    """``-v`` on this parser and, recursively, on every subcommand's parser.
+
+    A subparser copies what it parsed over the parent's namespace, so each
+    level counts into its own attribute (``verbose_1``...) and
+    :func:`verbosity` adds them up: ``-v detect -v`` is ``-vv``.
+    """
+    parser.add_argument("-v", "--verbose", action="count", dest=f"{_VERBOSE}_{depth}",
+                        default=argparse.SUPPRESS, help="log more (-v info, -vv debug)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                _add_verbose(sub, depth + 1)
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """How many ``-v`` were given, before and after the subcommand."""
+    return sum(v for k, v in vars(args).items() if k.startswith(f"{_VERBOSE}_"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="autotune",
         description="Detect the machine, match a hardware profile, plan and measure "
                     "PyTorch training settings.")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more (-v info, -vv debug)")
+    parser.add_argument("--version", action="version", version=f"autotune {version()}",
+                        help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module in COMMAND_MODULES:
         importlib.import_module(f"autotune.cli.{module}").register(subparsers)
+    _add_verbose(parser, 0)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity(args), 2)]
+    logging.basicConfig(level=level,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
