@@ -82,6 +82,20 @@ def _canonical(dist_name: str) -> str:
     return re.sub(r"[-_.]+", "-", dist_name).lower()
 
 
+#: The longest plugin failure message; the rest is cut (the CLI prints one line).
+MAX_MESSAGE_CHARS = 500
+
+
+def _one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """A message as one line: lines joined with "; ", runs of whitespace
+    collapsed, cut to ``limit`` characters. pluggy's PluginValidationError
+    and many exceptions span several lines; a warning or error the CLI prints
+    must not."""
+    lines = (" ".join(line.split()) for line in str(text).splitlines())
+    folded = "; ".join(line for line in lines if line)
+    return folded if len(folded) <= limit else folded[:limit - 3].rstrip() + "..."
+
+
 def _check_json(value: Any, what: str) -> None:
     """Plans and hardware facts are saved as JSON; refuse what would not
     round-trip (a tuple comes back as a list, a dtype not at all)."""
@@ -156,15 +170,16 @@ class PluginManager:
         return str(name)
 
     def _fail(self, name: str, origin: str, exc: BaseException, during: str) -> None:
-        message = f"plugin {name!r} failed {during} and was left out: {type(exc).__name__}: {exc}"
+        reason = _one_line(f"{type(exc).__name__}: {exc}")
+        message = f"plugin {name!r} failed {during} and was left out: {reason}"
         if self.strict:
             raise PluginError(message) from exc
         # The warning is what users see (the CLI prints it as one line);
         # logging it as well would show it twice.
         warnings.warn(message, PluginWarning, stacklevel=3)
         log.debug(message)
-        self._failed[name] = f"failed {during}: {type(exc).__name__}: {exc}"
-        self._infos[name] = PluginInfo(name, origin, "failed", str(exc))
+        self._failed[name] = f"failed {during}: {reason}"
+        self._infos[name] = PluginInfo(name, origin, "failed", _one_line(str(exc)))
 
     def _register(self, name: str, origin: str, load: Callable[[], Any]) -> None:
         if name in self._infos:
@@ -292,7 +307,8 @@ class PluginManager:
                 # plugin bug, so it is an error naming the profile file.
                 context = kwargs.get("context")
                 profile = getattr(context, "profile", None)
-                raise ProfileError(str(exc), file=getattr(profile, "path", None) or None,
+                raise ProfileError(_one_line(str(exc)),
+                                   file=getattr(profile, "path", None) or None,
                                    key=f"plugins.{name}") from exc
             except Exception as exc:  # noqa: BLE001
                 self._fail(name, self._infos[name].origin, exc, f"in {hook_name}")

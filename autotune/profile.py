@@ -22,9 +22,12 @@ profile's verdict is explained rule by rule.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
+import reprlib
+import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,6 +43,18 @@ log = logging.getLogger("autotune.profile")
 PROFILE_PATH_ENV = "AUTOTUNE_PROFILE_PATH"
 #: Keys inside ``plugins.<name>`` that are not plugin options.
 RESERVED_PLUGIN_KEYS = ("enabled",)
+
+# Limits on one profile file, checked before its data is built, so that a
+# hostile or broken file ends in a ProfileError, never a hang or a blow-up.
+#: Largest file read (checked before reading it).
+MAX_PROFILE_BYTES = 1 << 20
+#: Deepest nesting of lists and mappings: checked on the parser's events,
+#: before composing (PyYAML's composer recurses, so 100000 "[" would overflow
+#: the stack), and again with aliases expanded.
+MAX_DEPTH = 32
+#: Most values (scalars, lists, mappings): checked on the events, and again
+#: with every alias expanded ("billion laughs").
+MAX_VALUES = 100_000
 
 
 @dataclass(frozen=True)
@@ -274,33 +289,252 @@ def validate(data: Any, file: str) -> None:
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         if extra:
-            key = ".".join([*(str(p) for p in err.absolute_path), str(extra[0])])
+            key = _clip(".".join([*(str(p) for p in err.absolute_path), str(extra[0])]), 120)
             allowed = ", ".join(sorted(err.schema.get("properties", {})))
             raise ProfileError(f"unknown key; allowed here: {allowed}", file=file, key=key)
     if err.validator == "oneOf":
         expected = " or ".join(_describe(b) for b in err.schema["oneOf"])
-        raise ProfileError(f"{err.instance!r} is not valid; expected {expected}",
+        raise ProfileError(f"{_REPR.repr(err.instance)} is not valid; expected {expected}",
                            file=file, key=key)
-    raise ProfileError(err.message, file=file, key=key)
+    # jsonschema repeats the whole value; a long one is shortened.
+    message = err.message.replace(repr(err.instance), _REPR.repr(err.instance), 1)
+    raise ProfileError(_clip(message, 300), file=file, key=key)
+
+
+#: Shows a long value as its start: "[1, 1, 1, 1, 1, 1, ...]".
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _clip(value: Any, limit: int = 80) -> str:
+    """A value or key as it may appear in a one-line message: short, escaped."""
+    text = value if isinstance(value, str) else _REPR.repr(value)
+    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_BOMS = (  # UTF-32 first: its little-endian BOM starts with UTF-16's
+    (codecs.BOM_UTF32_LE, "utf-32", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
+    (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"), (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
+)
+
+
+def _read_text(path: Path, file: str) -> str:
+    """The file's text: at most MAX_PROFILE_BYTES, UTF-8 (UTF-16/32 with a
+    byte-order mark are decoded too, as YAML allows)."""
+    mib = f"{MAX_PROFILE_BYTES / (1 << 20):g} MiB"
+    limit = f"a profile may be at most {mib}"
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ProfileError("not a regular file", file=file)
+        if info.st_size > MAX_PROFILE_BYTES:
+            raise ProfileError(f"file is {info.st_size / (1 << 20):.1f} MiB; {limit}", file=file)
+        with path.open("rb") as stream:
+            data = stream.read(MAX_PROFILE_BYTES + 1)  # the size may have lied (/proc)
+    except OSError as exc:
+        raise ProfileError(f"cannot read: {exc.strerror or exc}", file=file) from exc
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ProfileError(f"file is over {mib}; {limit}", file=file)
+    codec, label = next(((c, n) for bom, c, n in _BOMS if data.startswith(bom)),
+                        ("utf-8", ""))
+    if not label and b"\0" in data:
+        raise ProfileError("not UTF-8 text: it contains NUL bytes (a binary file, or UTF-16 "
+                           "without a byte-order mark?); save it as UTF-8", file=file)
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start]
+        if label:
+            where = f"at byte {exc.start}"
+        else:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - data.rfind(b"\n", 0, exc.start)
+            where = f"at line {line}, column {column}"
+        hint = "" if label else "; Latin-1 or another 8-bit encoding?"
+        raise ProfileError(f"not {label or 'UTF-8'} text: byte 0x{bad:02x} {where} "
+                           f"({exc.reason}{hint}); save it as UTF-8", file=file) from None
+
+
+#: libyaml's parser when PyYAML has it (ten times faster than the pure-Python
+#: one); both are event state machines, so a scan of their events is safe at
+#: any depth. Only composing recurses, which is why depth is checked first.
+_SAFE_LOADER = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
+
+
+class _ProfileLoader(_SAFE_LOADER):  # type: ignore[misc, valid-type]
+    """The safe loader whose constructor turns a value Python cannot build (a
+    5000-digit integer, the date 2024-13-45) into a YAML error with its line."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            reason = str(exc).split(";")[0]  # not Python's "use sys.set_int_max_str_digits()"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_clip(node.value, 40)}: {reason}",
+                node.start_mark) from exc
+
+
+def _scan(text: str, file: str) -> int:
+    """Check nesting and size on the event stream, before anything is
+    composed, and stop at the first event past a limit. Returns the number
+    of aliases."""
+    depth = values = aliases = 0
+    for event in yaml.parse(text, Loader=_SAFE_LOADER):
+        if isinstance(event, yaml.events.CollectionEndEvent):
+            depth -= 1
+            continue
+        if not isinstance(event, yaml.events.NodeEvent):
+            continue
+        values += 1
+        aliases += isinstance(event, yaml.events.AliasEvent)
+        depth += isinstance(event, yaml.events.CollectionStartEvent)
+        mark = event.start_mark
+        where = f"at line {mark.line + 1}, column {mark.column + 1}"
+        if depth > MAX_DEPTH:
+            raise ProfileError(f"nested more than {MAX_DEPTH} levels deep ({where})", file=file)
+        if values > MAX_VALUES:
+            raise ProfileError(f"has more than {MAX_VALUES} values ({where}); a profile may "
+                               f"have at most {MAX_VALUES}", file=file)
+    return aliases
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node, aliases: int, file: str) -> None:
+    """Refuse a document that, with its aliases expanded ("billion laughs"),
+    has more than MAX_VALUES values or nests deeper than MAX_DEPTH, and an
+    alias inside its own anchor. Works on the composed nodes, where an alias
+    is one shared node, so the check stays small: each node is visited once."""
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth), aliases expanded
+    path: set[int] = set()  # nodes being visited: an alias to one of them is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finish = stack.pop()
+        key = id(node)
+        if finish:
+            kids = [done[id(c)] for c in _children(node)]
+            values = 1 + sum(v for v, _ in kids)
+            depth = isinstance(node, yaml.CollectionNode) + max((d for _, d in kids), default=0)
+            line = node.start_mark.line + 1
+            if values > MAX_VALUES:
+                raise ProfileError(f"expands to more than {MAX_VALUES} values through its "
+                                   f"{aliases} alias(es) (the value at line {line}); a profile "
+                                   f"may have at most {MAX_VALUES}", file=file)
+            if depth > MAX_DEPTH:
+                raise ProfileError(f"nested more than {MAX_DEPTH} levels deep once its aliases "
+                                   f"are expanded (the value at line {line})", file=file)
+            done[key] = (values, depth)
+            path.discard(key)
+        elif key in path:
+            raise ProfileError(f"an alias refers to the value that contains it (anchored at "
+                               f"line {node.start_mark.line + 1}); recursive aliases are not "
+                               "allowed", file=file)
+        elif key not in done:
+            path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node))
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true/false", "null": "null",
+          "timestamp": "a date", "binary": "binary data"}
+
+
+def _check_keys(root: yaml.Node, file: str) -> None:
+    """Every mapping key is a string and given once. PyYAML keeps the last of
+    two equal keys without a word; JSON (where plans are saved) has string
+    keys only. ``<<`` merge keys are allowed, and later keys override them."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((c, (*where, str(i))) for i, c in enumerate(node.value))
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[str, yaml.Node] = {}
+        for key, value in node.value:
+            if key.tag == _MERGE_TAG:
+                merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                stack.extend((m, where) for m in merged)
+                continue
+            line = key.start_mark.line + 1
+            if not (isinstance(key, yaml.ScalarNode) and key.tag == _STR_TAG):
+                kind = ("a list" if isinstance(key, yaml.SequenceNode) else "a mapping"
+                        if isinstance(key, yaml.MappingNode)
+                        else _KINDS.get(key.tag.rsplit(":", 1)[-1], key.tag))
+                shown = _clip(key.value, 40) if isinstance(key, yaml.ScalarNode) else kind
+                raise ProfileError(f"the key {shown} at line {line} is read as {kind}, not "
+                                   f"a string; quote it", file=file,
+                                   key=".".join(where) or None)
+            name = key.value
+            if name in first:
+                raise ProfileError(f"given twice, at lines {first[name].start_mark.line + 1} "
+                                   f"and {line}; keep one", file=file,
+                                   key=_clip(".".join((*where, name)), 120))
+            first[name] = key
+            stack.append((value, (*where, name)))
+
+
+def _parse(text: str, file: str) -> Any:
+    """YAML text -> Python data, safely and within the limits above: events
+    are scanned first, then composed into nodes, which are checked before
+    any Python object is built."""
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - text.rfind("\n", 0, bad.start())
+        raise ProfileError(f"not YAML text: character U+{ord(bad.group()):04X} at line {line}, "
+                           f"column {column} is not allowed", file=file)
+    aliases = _scan(text, file)
+    loader = _ProfileLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if aliases:
+            _check_expansion(node, aliases, file)
+        _check_keys(node, file)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_file(path: Path, origin: str = "user") -> Profile:
-    """Load and validate one profile file (YAML, loaded safely)."""
+    """Load and validate one profile file (YAML, loaded safely, within
+    MAX_PROFILE_BYTES, MAX_DEPTH and MAX_VALUES)."""
     file = str(path)
+    text = _read_text(path, file)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ProfileError(f"cannot read: {exc.strerror}", file=file) from exc
+        data = _parse(text, file)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError(f"invalid YAML{where}: {problem}", file=file) from exc
+        problem = str(getattr(exc, "problem", None) or exc)
+        context, at = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and at:
+            problem += f" ({context} at line {at.line + 1}, column {at.column + 1})"
+        problem = " ".join(problem.split())  # PyYAML's own text has several lines
+        raise ProfileError(f"invalid YAML{where}: {_clip(problem, 200)}", file=file) from exc
     validate(data, file)
     if data["name"] != path.stem:
-        raise ProfileError(f"name {data['name']!r} differs from the file name {path.stem!r}; "
-                           "make them equal so 'extends' and --profile can find it",
-                           file=file, key="name")
+        raise ProfileError(f"name {_clip(data['name'])!r} differs from the file name "
+                           f"{path.stem!r}; make them equal so 'extends' and --profile can "
+                           "find it", file=file, key="name")
     extends = data.get("extends", ())
     return Profile(
         name=data["name"],
@@ -314,21 +548,26 @@ def load_file(path: Path, origin: str = "user") -> Profile:
     )
 
 
-def profile_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[tuple[Path, str]]:
-    """Search path, lowest precedence first: built-ins, then
-    ``$AUTOTUNE_PROFILE_PATH`` (``os.pathsep``-separated), then ``extra``
-    (the CLI's ``--profile-dir``). A later directory overrides a profile of
-    the same name from an earlier one."""
-    dirs = [(builtin_profile_dir(), "builtin")]
+def _search_path(extra: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, str, str]]:
+    """(directory, origin, level), lowest precedence first; see profile_dirs."""
+    dirs = [(builtin_profile_dir(), "builtin", "built-in")]
     env = os.environ.get(PROFILE_PATH_ENV, "")
-    dirs += [(Path(p), "user") for p in env.split(os.pathsep) if p]
+    dirs += [(Path(p), "user", f"${PROFILE_PATH_ENV}") for p in env.split(os.pathsep) if p]
     for p in extra:
         # A directory named explicitly (--profile-dir) must exist; a stale
         # entry in the environment variable only warns (see load_profiles).
         if not Path(p).is_dir():
             raise ProfileError(f"profile directory {str(p)!r} does not exist")
-        dirs.append((Path(p), "user"))
+        dirs.append((Path(p), "user", "--profile-dir"))
     return dirs
+
+
+def profile_dirs(extra: Iterable[str | os.PathLike[str]] = ()) -> list[tuple[Path, str]]:
+    """Search path, lowest precedence first: built-ins, then
+    ``$AUTOTUNE_PROFILE_PATH`` (``os.pathsep``-separated), then ``extra``
+    (the CLI's ``--profile-dir``). A later directory overrides a profile of
+    the same name from an earlier one."""
+    return [(path, origin) for path, origin, _ in _search_path(extra)]
 
 
 def _merge(base: Profile, child: Profile) -> Profile:
@@ -362,19 +601,37 @@ def _resolve(name: str, raw: Mapping[str, Profile], resolved: dict[str, Profile]
 
 
 def load_profiles(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Profile]:
-    """Every profile on the search path, ``extends`` resolved, by name."""
+    """Every profile on the search path, ``extends`` resolved, by name.
+
+    A profile from a later level of the search path (built-ins, then
+    ``$AUTOTUNE_PROFILE_PATH``, then ``extra_dirs``) replaces one of the same
+    name from an earlier level. Two files of one name on the same level (one
+    directory, or two directories of the environment variable or of
+    ``extra_dirs``) are an error: neither has precedence. A directory listed
+    twice is read once."""
     raw: dict[str, Profile] = {}
-    for directory, origin in profile_dirs(extra_dirs):
+    level_of: dict[str, str] = {}
+    seen_dirs: set[Path] = set()
+    for directory, origin, level in _search_path(extra_dirs):
         if not directory.is_dir():
             if origin == "user":
                 log.warning("profile directory %s does not exist; skipped", directory)
             continue
+        if directory.resolve() in seen_dirs:
+            continue
+        seen_dirs.add(directory.resolve())
         for path in sorted(directory.glob("*.y*ml")):
             profile = load_file(path, origin)
-            if profile.name in raw:
-                log.info("profile %s from %s overrides %s", profile.name, path,
-                         raw[profile.name].path)
+            previous = raw.get(profile.name)
+            if previous is not None and level_of[profile.name] == level:
+                raise ProfileError(f"profile {profile.name!r} is also defined by "
+                                   f"{previous.path}, at the same precedence ({level}), so "
+                                   "neither can win; remove or rename one",
+                                   file=profile.path, key="name")
+            if previous is not None:
+                log.info("profile %s from %s overrides %s", profile.name, path, previous.path)
             raw[profile.name] = profile
+            level_of[profile.name] = level
     resolved: dict[str, Profile] = {}
     for name in raw:
         _resolve(name, raw, resolved, ())

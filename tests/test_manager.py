@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import hookimpl, make_plan
 from autotune.context import Context
-from autotune.errors import PluginError
+from autotune.errors import PluginError, ProfileError
 from autotune.manager import BUILTIN_PLUGINS, PluginManager, PluginWarning
 from autotune.plan import default
 from autotune.profile import load_profiles
@@ -170,6 +170,46 @@ def test_misspelled_hook_is_reported_and_plugin_dropped():
         assert "typo" not in manager.names()
     with pytest.raises(PluginError, match="typo"):
         plugin_manager(plugins=[typo], strict=True).load()
+
+
+def test_multi_line_plugin_errors_become_one_line():
+    # pluggy's PluginValidationError for an argument the hookspec lacks has three lines.
+    def configure(context, bogus):
+        return {}
+
+    argy = plugin_module("argy", autotune_configure=hookimpl(configure))
+    with pytest.warns(PluginWarning) as caught:
+        manager = plugin_manager(plugins=[argy])
+        assert "argy" not in manager.names()
+    assert [str(w.message) for w in caught] == [
+        "plugin 'argy' failed to load and was left out: PluginValidationError: Plugin 'argy' "
+        "for hook 'autotune_configure'; hookimpl definition: configure(context, bogus); "
+        "Argument(s) {'bogus'} are declared in the hookimpl but can not be found in the hookspec"]
+    assert "\n" not in manager.not_loaded_reasons()["argy"]
+
+    def configure_long(context):
+        raise RuntimeError("first line\n\n   second    line\n" + "x" * 2000)
+
+    long = plugin_module("long", autotune_configure=hookimpl(configure_long))
+    with pytest.warns(PluginWarning) as caught:
+        plan = make_plan(hardware=cpu_laptop(), manager=plugin_manager(plugins=[long])).plan
+    message = str(caught[0].message)
+    assert message.startswith("plugin 'long' failed in autotune_configure and was left out: "
+                              "RuntimeError: first line; second line; xxx")
+    assert message.endswith("x...") and "\n" not in message and len(message) < 600
+    assert plan.disabled["long"].startswith("failed in autotune_configure: RuntimeError: "
+                                            "first line; second line; xxx")
+    with pytest.raises(PluginError) as info:
+        plugin_manager(plugins=[argy], strict=True).load()
+    assert "\n" not in str(info.value) and "; hookimpl definition:" in str(info.value)
+
+    def configure_picky(context):
+        raise ProfileError("bad option\nHINT: use 2")
+
+    picky = plugin_module("picky", autotune_configure=hookimpl(configure_picky))
+    with pytest.raises(ProfileError) as info:
+        make_plan(hardware=cpu_laptop(), manager=plugin_manager(plugins=[picky]))
+    assert str(info.value).endswith("key 'plugins.picky': bad option; HINT: use 2")
 
 
 def test_hook_without_marker_is_reported():

@@ -127,10 +127,10 @@ def test_user_profile_overrides_builtin_of_same_name(tmp_path):
 
 def test_profile_path_env_var_is_searched(tmp_path, monkeypatch):
     write_profile(tmp_path, "generic_cpu", "name: generic_cpu\nplugins:\n"
-                  "  clipping: {max_norm: 5.0}\n")
+                  "  dataloader: {num_workers: 3}\n")
     monkeypatch.setenv("AUTOTUNE_PROFILE_PATH", str(tmp_path))
     plan = make_plan(hardware=cpu_laptop(), manager=plugin_manager()).plan
-    assert plan.get("clipping", "max_norm") == 5.0
+    assert plan.get("dataloader", "num_workers") == 3
 
 
 def test_profile_dir_flag_beats_env_var(tmp_path, monkeypatch):
