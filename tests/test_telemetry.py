@@ -104,12 +104,20 @@ def test_timeline_round_trip_skips_a_torn_last_line(tmp_path) -> None:
     assert timeline.steps[0].data_wait_s == 0.5
     assert timeline.notes == ("a note",)
     assert timeline.totals.data_wait_fraction == pytest.approx(0.5 / 0.75)
+    assert (timeline.skipped.lines, timeline.skipped.records) == (1, 0)  # the torn line
 
 
-def test_malformed_middle_line_and_missing_file_are_one_line_errors(tmp_path) -> None:
+def test_a_malformed_middle_line_is_skipped_and_counted_a_missing_file_is_an_error(
+        tmp_path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"type": "meta"}\nnot json\n{"type": "meta"}\n')
-    with pytest.raises(TelemetryError, match=r"bad.jsonl:2: not a JSON line"):
+    sample = sample_record(Sampler(1.0, pid=0).sample_once())
+    path.write_text(f'{{"type": "meta"}}\nnot json\n{json.dumps(sample)}\n')
+    timeline = read_timeline(path)
+    assert len(timeline.samples) == 1
+    assert timeline.skipped.lines == 1
+    assert timeline.skipped.examples == (f"{path}:2: not a JSON line b'not json'",)
+    path.write_text('{"type": "meta"}\nnot json\n')
+    with pytest.raises(TelemetryError, match=r"no usable samples or steps .*1 unreadable line"):
         read_timeline(path)
     with pytest.raises(TelemetryError, match="cannot read timeline"):
         read_timeline(tmp_path / "missing.jsonl")

@@ -54,6 +54,8 @@ def print_report(timeline: Any, out: TextIO) -> None:
     print(key_values(summary_rows(summary)), file=out)
     for note in timeline.notes:
         print(f"Note      {note}", file=out)
+    if timeline.skipped:
+        print(f"Skipped   {timeline.skipped.describe()}", file=out)
     diagnosis = diagnose(summary)
     print(f"\nDiagnosis: {diagnosis.sentence}", file=out)
     print(f"  evidence:  {diagnosis.evidence}", file=out)
@@ -69,7 +71,7 @@ def report_json(loaded: Any, **extra: Any) -> dict[str, Any]:
     return {"version": JSON_VERSION, **extra, "summary": summary.to_dict(),
             "diagnosis": diagnose(summary).to_dict(),
             "findings": [d.to_dict() for d in findings(summary)],
-            "notes": list(loaded.notes)}
+            "notes": list(loaded.notes), "skipped": loaded.skipped.to_dict()}
 
 
 def _command(raw: Sequence[str]) -> list[str]:
@@ -80,8 +82,10 @@ def _command(raw: Sequence[str]) -> list[str]:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from autotune.telemetry.command import run_monitored
 
+    # With --json our stdout is the JSON report alone: the command's stdout
+    # goes to our stderr (beside its own stderr), not into the JSON stream.
     result = run_monitored(_command(args.cmd), interval_s=args.interval, out_dir=args.out,
-                           plot=not args.no_plot)
+                           plot=not args.no_plot, stdout=_stderr_fd() if args.json else None)
     if args.json:
         print_json(report_json(result.timeline, exit_code=result.exit_code,
                                timeline=str(result.timeline_path),
@@ -94,6 +98,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     print(f"\ntimeline: {result.timeline_path}"
           + (f"\nplot:     {result.plot_path}" if result.plot_path else ""), file=err)
     return result.exit_code
+
+
+def _stderr_fd() -> int:
+    sys.stdout.flush()  # anything we printed stays before the command's output
+    sys.stderr.flush()
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without one
+        return 2
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

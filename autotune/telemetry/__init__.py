@@ -7,12 +7,12 @@ See docs/monitor.md.
 
 from autotune.telemetry.diagnosis import Diagnosis, diagnose, findings
 from autotune.telemetry.sampler import GPUSample, Sample, Sampler
-from autotune.telemetry.timeline import (StepRecord, StepTotals, Summary, TelemetryError, Timeline,
-                                         read_timeline, summarize)
+from autotune.telemetry.timeline import (Skipped, StepRecord, StepTotals, Summary, TelemetryError,
+                                         Timeline, read_timeline, summarize)
 from autotune.telemetry.training import TrainingMonitor
 
 __all__ = [
-    "Diagnosis", "GPUSample", "Sample", "Sampler", "StepRecord", "StepTotals", "Summary",
+    "Diagnosis", "GPUSample", "Sample", "Sampler", "Skipped", "StepRecord", "StepTotals", "Summary",
     "TelemetryError", "Timeline", "TrainingMonitor", "diagnose", "findings", "read_timeline",
     "summarize",
 ]
