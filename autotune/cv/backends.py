@@ -8,11 +8,20 @@ A fold's own exception comes back inside its outcome (see
 the machinery itself (a loky worker killed by the OOM killer, a Dask worker
 lost): :class:`BackendFailure`, after which the caller records the folds
 that did not come back.
+
+loky workers die with the process that started them: each runs a watchdog
+thread (:func:`exit_with_parent`, as the pool's initializer) that ends the
+worker within about a second of its parent's death, even a SIGKILL. loky
+itself has no such check on POSIX: an idle worker waits for work until its
+idle timeout (300 s) and a busy one finishes its fold first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import uuid
 from dataclasses import replace
 from typing import Any, Iterator, Sequence
@@ -23,6 +32,9 @@ from autotune.cv.fold import FoldOutcome, FoldTask, run_fold
 log = logging.getLogger("autotune.cv")
 
 BACKENDS = ("sequential", "loky", "threading", "dask")
+
+#: How often a loky worker checks that its parent is alive.
+PARENT_CHECK_S = 0.5
 
 
 class BackendFailure(RuntimeError):
@@ -50,6 +62,9 @@ def run_joblib(tasks: Sequence[FoldTask], backend: str, n_jobs: int,
     config: dict[str, Any] = {"backend": backend}
     if backend == "loky":
         config["inner_max_num_threads"] = threads
+        # The same function and pid on every call, so joblib reuses the pool.
+        config["initializer"] = exit_with_parent
+        config["initargs"] = (os.getpid(),)
     try:
         with parallel_config(**config):
             parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
@@ -60,6 +75,39 @@ def run_joblib(tasks: Sequence[FoldTask], backend: str, n_jobs: int,
     except Exception as exc:  # noqa: BLE001 - e.g. loky's TerminatedWorkerError
         raise BackendFailure(f"joblib {backend} backend failed: {type(exc).__name__}: "
                              f"{_first_line(exc)}") from exc
+
+
+def exit_with_parent(parent_pid: int, interval_s: float = PARENT_CHECK_S) -> None:
+    """In a worker process: start a daemon thread that ends this process
+    (``os._exit``) once ``parent_pid`` is no longer its parent, i.e. the
+    parent died and the worker was handed to init or a subreaper. Polling
+    ``getppid`` works whatever thread started the worker (Linux's
+    ``PR_SET_PDEATHSIG`` follows the forking thread, and loky forks from
+    its manager thread too) and on every POSIX system. The fold's own
+    DataLoader workers notice their parent's death themselves.
+    """
+    if os.getpid() == parent_pid or any(t.name == "autotune-parent-watchdog"
+                                        for t in threading.enumerate()):
+        return  # not a child (threading backend), or already watching
+
+    def alive() -> bool:
+        if os.name == "posix":
+            return os.getppid() == parent_pid
+        import psutil  # Windows: the parent pid stays; ask whether it runs
+
+        return psutil.pid_exists(parent_pid)
+
+    def watch() -> None:
+        while alive():
+            threading.Event().wait(interval_s)
+        try:
+            sys.stderr.write(f"autotune: cv worker {os.getpid()}: parent {parent_pid} exited; "
+                             "stopping\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, name="autotune-parent-watchdog", daemon=True).start()
 
 
 def default_client() -> Any:
