@@ -153,7 +153,9 @@ class Engine:
         settings = {p: dict(keys) for p, keys in self.plan.settings.items()}
         current = settings.setdefault(plugin, {})
         for key, value in values.items():
-            current[key] = Setting(value, Source.MEASURED, reason)
+            old = current.get(key)
+            current[key] = (replace(old, value=value, source=Source.MEASURED, reason=reason)
+                            if old is not None else Setting(value, Source.MEASURED, reason))
         self.plan = replace(self.plan, settings=settings)
 
     # -- properties ------------------------------------------------------------

@@ -12,7 +12,8 @@ Built-in plugins are ordinary plugins: they register through the same
 Phases, in the order autotune calls them:
 
 * discovery    -- ``autotune_detect``
-* contribution -- ``autotune_configure``, ``autotune_candidates``
+* contribution -- ``autotune_configure``, ``autotune_knobs``,
+  ``autotune_candidates``
 * application  -- ``autotune_apply_model``, ``autotune_apply_loader``,
   ``autotune_setup_engine``
 """
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from autotune.context import Context
     from autotune.hardware import Hardware
+    from autotune.knobs import Knob
     from autotune.plan import Plan, Setting
     from autotune.report import Report
 
@@ -76,6 +78,27 @@ def autotune_configure(context: "Context") -> "Mapping[str, Setting] | None":
     :return: ``{key: Setting}``; each :class:`~autotune.plan.Setting` carries
         its value, its source (default or profile) and a one-line reason.
         ``None`` or ``{}`` contributes nothing.
+    """
+
+
+@hookspec
+def autotune_knobs(context: "Context") -> "Mapping[str, Knob] | None":
+    """Describe this plugin's settings: PyTorch's default and what a change changes.
+
+    Called whenever a plan is made (after ``autotune_configure``) and when
+    the tuner builds its baseline, once per plugin in the plan.
+
+    :param context: as for ``autotune_configure``; the workload's live
+        loader is there, for a default that depends on it.
+    :return: ``{key: Knob}`` for keys this plugin proposes. A
+        :class:`~autotune.knobs.Knob` gives the ``off`` value (what
+        PyTorch does without autotune: the tuner's baseline), its
+        ``effect`` (``speed``; ``numerics``: applied only once measured or
+        asked for; ``training``: changes what is trained, so only the user
+        turns it on, and it is never searched), ``measure_first`` for a speed
+        setting that is slower on some models, and the ``phase`` the tuner
+        measures it in. A key without a knob is a speed setting whose baseline
+        is the planned value. ``None`` describes nothing.
     """
 
 

@@ -16,7 +16,7 @@ import logging
 import re
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping
 
@@ -26,6 +26,7 @@ from autotune import hookspecs
 from autotune.context import Context
 from autotune.errors import PluginError, ProfileError
 from autotune.hardware import Hardware
+from autotune.knobs import Knob
 from autotune.plan import Plan, Setting, Source
 
 log = logging.getLogger("autotune.manager")
@@ -347,11 +348,33 @@ class PluginManager:
                 settings[name] = _as_settings(name, result)
             except TypeError as exc:
                 self._fail(name, self._infos[name].origin, exc, "in autotune_configure")
-        for name, why in self._failed.items():
-            settings.pop(name, None)
-            disabled[name] = why
-        return Plan(settings=settings, disabled=disabled, profile=context.profile.name,
-                    hardware_fingerprint=context.hardware.fingerprint)
+        return self.drop_failed(Plan(settings=settings, disabled=disabled,
+                                     profile=context.profile.name,
+                                     hardware_fingerprint=context.hardware.fingerprint))
+
+    def drop_failed(self, plan: Plan) -> Plan:
+        """``plan`` without the plugins that have failed so far, each
+        recorded under ``disabled`` with the reason."""
+        failed = {n: why for n, why in self._failed.items()
+                  if n in plan.settings or n not in plan.disabled}
+        if not failed:
+            return plan
+        settings = {p: k for p, k in plan.settings.items() if p not in failed}
+        return replace(plan, settings=settings, disabled={**plan.disabled, **failed})
+
+    def knobs(self, context: Context, plan: Plan) -> dict[str, dict[str, Knob]]:
+        """Each plugin's description of its settings (``autotune_knobs``); a
+        malformed answer counts as that plugin failing."""
+        out: dict[str, dict[str, Knob]] = {}
+        for name, result in self._call_each("autotune_knobs", {"context": context},
+                                            plan.plugins()):
+            if not result:
+                continue
+            try:
+                out[name] = _as_knobs(name, result, plan)
+            except (TypeError, ValueError) as exc:
+                self._fail(name, self._infos[name].origin, exc, "in autotune_knobs")
+        return out
 
     def candidates(self, context: Context, plan: Plan) -> dict[str, list[dict[str, Any]]]:
         """Each plugin's alternatives worth a trial; a malformed answer (a
@@ -403,6 +426,23 @@ def _as_settings(plugin: str, result: Any) -> dict[str, Setting]:
             value, Source.DEFAULT, f"proposed by {plugin}")
         _check_json(setting.value, f"{plugin}.{key}")
         out[str(key)] = setting
+    return out
+
+
+def _as_knobs(plugin: str, result: Any, plan: Plan) -> dict[str, Knob]:
+    if not isinstance(result, Mapping):
+        raise TypeError(f"autotune_knobs must return a mapping of key -> Knob, "
+                        f"got {type(result).__name__}")
+    known = set(plan.values(plugin))
+    out = {}
+    for key, knob in result.items():
+        if not isinstance(knob, Knob):
+            raise TypeError(f"autotune_knobs: {plugin}.{key} must be an autotune.knobs.Knob, "
+                            f"got {type(knob).__name__}")
+        if key not in known:
+            continue  # a setting the plugin did not propose this time
+        _check_json(knob.off, f"{plugin}.{key} off value")
+        out[str(key)] = knob
     return out
 
 

@@ -8,6 +8,10 @@ Precedence, lowest to highest (a later source replaces an earlier one):
 3. ``measured`` — the winner of a measured trial (the tuner);
 4. ``override`` — what the user passed (``overrides=`` / ``--set``).
 
+Each setting also says what changing it changes (its :class:`Effect`, from
+the plugin's ``autotune_knobs``): only speed, the numerics, or what is
+trained; see :mod:`autotune.knobs`.
+
 The plan is the only thing the engine reads. It is frozen; ``with_*``
 methods return a new plan.
 """
@@ -22,6 +26,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from autotune.errors import PlanError
+from autotune.knobs import Effect
 
 
 class Source(str, enum.Enum):
@@ -40,14 +45,21 @@ class Setting:
     value: Any
     source: Source = Source.DEFAULT
     reason: str = ""
+    #: What changing it changes; stamped from the plugin's knobs.
+    effect: Effect = Effect.SPEED
+
+    @property
+    def measured(self) -> bool:
+        return self.source is Source.MEASURED
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "source": self.source.value, "reason": self.reason}
+        return {"value": self.value, "source": self.source.value, "reason": self.reason,
+                "effect": self.effect.value}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Setting":
         return cls(value=data["value"], source=Source(data.get("source", "default")),
-                   reason=data.get("reason", ""))
+                   reason=data.get("reason", ""), effect=Effect(data.get("effect", "speed")))
 
 
 def _kind(value: Any) -> str:
@@ -131,7 +143,8 @@ class Plan:
             old = current.get(key)
             if old is not None and old.source.rank > source.rank:
                 continue
-            current[key] = Setting(value, source, reason)
+            current[key] = Setting(value, source, reason,
+                                   old.effect if old is not None else Effect.SPEED)
         disabled = {p: r for p, r in self.disabled.items() if p != plugin}
         return replace(self, settings=settings, disabled=disabled)
 

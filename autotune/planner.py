@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping
 from autotune.context import Context, Workload
 from autotune.detect import detect
 from autotune.hardware import Hardware
+from autotune.knobs import guard_plan
 from autotune.manager import PluginManager
 from autotune.plan import Plan
 from autotune.profile import Recommendation, get_profile, load_profiles, recommend
@@ -51,8 +52,12 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
         recommendation = Recommendation(chosen, recommendation.results,
                                         forced_by=f"name ({profile!r} was asked for)")
     context = Context(hardware=hardware, profile=recommendation.profile,
-                      workload=workload or Workload())
+                      workload=workload or Workload(), profile_chosen=profile is not None)
     plan = manager.configure(context)
+    # Settings that change what is trained, and those that must be measured
+    # first, go back to PyTorch's default unless the user asked for them.
+    knobs = manager.knobs(context, plan)
+    plan = guard_plan(manager.drop_failed(plan), knobs, profile_chosen=profile is not None)
     if overrides:
         plan = plan.with_overrides(overrides)
     log.info("plan made with profile %s: %d plugins", plan.profile, len(plan.settings))

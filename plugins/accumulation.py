@@ -7,7 +7,9 @@ Profile options::
       target_batch_size: 256   # or: derive steps from the loader's batch size
 
 With ``target_batch_size`` and a known loader batch size, ``steps`` is
-``ceil(target / batch)``. The engine divides the loss by the number of
+``ceil(target / batch)``. Accumulation changes what is trained (the
+effective batch), so it applies only when the user sets it or chooses by
+name a profile that does; a matched profile's value is reported and left off. The engine divides the loss by the number of
 micro-batches in each window (the last window may be shorter) and skips
 DDP gradient sync on all but the last micro-batch.
 """
@@ -21,6 +23,7 @@ from typing import Any, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
+from autotune.knobs import Effect, Knob
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
@@ -59,6 +62,12 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+@hookimpl
+def autotune_knobs() -> dict[str, Knob]:
+    # Another window size is another effective batch: the user's choice.
+    return {"steps": Knob(off=1, effect=Effect.TRAINING)}
 
 
 # -- application -----------------------------------------------------------------

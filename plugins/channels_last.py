@@ -5,9 +5,11 @@ Profile options::
     channels_last:
       enabled: false   # reserved key: turn the plugin off for this profile
 
-NHWC lets cuDNN (tensor cores) and oneDNN pick faster convolution kernels.
-It only applies to models with ``nn.Conv2d`` and to 4-D inputs; anything
-else is left as it is.
+NHWC lets cuDNN (tensor cores) and oneDNN pick faster convolution kernels,
+but not on every model (depthwise convolutions, e.g. MobileNet or
+EfficientNet, can run slower), so it is applied only once the tuner measured
+it faster, or when asked for. It only applies to models with ``nn.Conv2d``
+and to 4-D inputs; anything else is left as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
+from autotune.knobs import Knob
 from autotune.options import parse_options
 from autotune.plan import Setting, default
 from autotune.report import Kind
@@ -44,6 +47,11 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+@hookimpl
+def autotune_knobs() -> dict[str, Knob]:
+    return {"enabled": Knob(off=False, measure_first=True)}
 
 
 # -- application -----------------------------------------------------------------

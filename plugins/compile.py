@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
+from autotune.knobs import Knob
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
@@ -58,6 +59,17 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+@hookimpl
+def autotune_knobs() -> dict[str, Knob]:
+    # Measured slower than eager on some models (benchmarks/results/
+    # cpu_transformer.json: fp32 compile 0.81x), so never assumed.
+    # Compiling makes the first step about a dozen eager first steps long on
+    # the CPU workloads of autotune.workloads (ResNet-18: 59 s vs 3.2 s on a
+    # 2-core EPYC), plus start-up.
+    return {"mode": Knob(off="off", measure_first=True, first_step_cost=12.0),
+            "fullgraph": Knob(off=False)}
 
 
 # -- application -----------------------------------------------------------------

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
+from autotune.knobs import LOADER, Knob
+from autotune.loaders import loader_settings, rebuild_loader
 from autotune.options import clamp_to, describe_bounds, parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
@@ -90,40 +92,13 @@ def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
 
 
+@hookimpl
+def autotune_knobs(context: Context) -> dict[str, Knob]:
+    off = loader_settings(context.workload.loader)
+    return {key: Knob(off=value, phase=LOADER) for key, value in off.items()}
+
+
 # -- application -----------------------------------------------------------------
-
-
-def rebuild_loader(loader: Any, *, num_workers: int, pin_memory: bool = False,
-                   persistent_workers: bool = False, prefetch_factor: int | None = None) -> Any:
-    """A new DataLoader over the same dataset yielding the same batches
-    (same sampler object, batch size, collate_fn, drop_last, generator,
-    worker_init_fn...), with new loading settings. The user's loader is
-    left untouched and keeps working."""
-    from torch.utils.data import DataLoader, IterableDataset
-
-    kwargs: dict[str, Any] = {
-        "dataset": loader.dataset, "num_workers": num_workers, "collate_fn": loader.collate_fn,
-        "pin_memory": pin_memory, "worker_init_fn": loader.worker_init_fn,
-        "generator": loader.generator,
-    }
-    if isinstance(loader.dataset, IterableDataset):
-        kwargs.update(batch_size=loader.batch_size, drop_last=loader.drop_last)
-    elif loader.batch_size is None and loader.batch_sampler is not None:
-        kwargs["batch_sampler"] = loader.batch_sampler  # the user's own batch sampler
-    else:
-        # The same sampler object: shuffling draws from the same generator,
-        # so the order is what the user's loader would have produced.
-        kwargs.update(sampler=loader.sampler, batch_size=loader.batch_size,
-                      drop_last=loader.drop_last)
-    if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-                      multiprocessing_context=loader.multiprocessing_context,
-                      timeout=loader.timeout)
-    if hasattr(loader, "in_order"):
-        kwargs["in_order"] = loader.in_order
-    if getattr(loader, "pin_memory_device", "") and pin_memory:
-        kwargs["pin_memory_device"] = loader.pin_memory_device
-    return DataLoader(**kwargs)
 
 
 def _describe(workers: int, pin: bool, persistent: bool, prefetch: int | None) -> str:

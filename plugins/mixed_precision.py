@@ -8,7 +8,10 @@ Profile options (``plugins: mixed_precision:``)::
 
 ``auto`` picks bf16 where the hardware has native bf16 (Ampere+ GPUs; CPUs
 with AVX512-BF16 or AMX), fp16 with a GradScaler on older CUDA GPUs, and
-fp32 elsewhere. A request the hardware cannot honour is downgraded with a
+fp32 elsewhere. Precision changes the numerics, so that pick is a proposal:
+the plan applies it only once the tuner measured it faster on the user's
+model (or when the user asks: an override, or a profile chosen by name);
+until then the plan says "not measured" and trains in fp32. A request the hardware cannot honour is downgraded with a
 warning, and the plan says so (fp16 autocast on CPU becomes bf16 or fp32).
 """
 
@@ -21,8 +24,9 @@ from typing import Any, Callable, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
+from autotune.knobs import Effect, Knob
 from autotune.options import parse_options
-from autotune.plan import Setting, default, from_profile
+from autotune.plan import Setting, Source, default, from_profile
 from autotune.report import Kind
 
 NAME = "mixed_precision"
@@ -69,25 +73,45 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
         elif options.dtype == "bf16" and best != "bf16":
             log.warning("bf16 requested but the hardware lacks native bf16; it will be slow")
             dtype = from_profile("bf16", f"profile asks for bf16 although {why}")
+    # The scaler follows the dtype, with the dtype's source: a profile's fp16
+    # brings its GradScaler along.
+    scaler_setting = from_profile if dtype.source is Source.PROFILE else default
     settings = {
         "dtype": dtype,
-        "grad_scaler": default(dtype.value == "fp16",
-                               "fp16 needs loss scaling" if dtype.value == "fp16"
-                               else "only fp16 needs loss scaling"),
+        "grad_scaler": scaler_setting(dtype.value == "fp16",
+                                      "fp16 needs loss scaling" if dtype.value == "fp16"
+                                      else "only fp16 needs loss scaling"),
     }
     if hardware.has_cuda:
-        tf32_ok = hardware.gpus[0].tf32 and options.tf32
-        tf32_why = ("TF32 matmul/cudnn on Ampere+" if tf32_ok else
-                    "profile turns TF32 off" if not options.tf32 else
-                    f"{hardware.gpus[0].name} has no TF32 (pre-Ampere)")
-        settings["tf32"] = (from_profile(tf32_ok, tf32_why) if "tf32" in given
-                            else default(tf32_ok, tf32_why))
+        gpu = hardware.gpus[0]
+        if not gpu.tf32:  # nothing to switch: torch's flags are left as they are
+            settings["tf32"] = default(None, f"{gpu.name} has no TF32 (pre-Ampere)")
+        elif "tf32" in given:
+            settings["tf32"] = from_profile(options.tf32, "profile turns TF32 "
+                                            + ("on" if options.tf32 else "off"))
+        else:
+            settings["tf32"] = default(True, "TF32 matmul/cudnn on Ampere+")
     return settings
 
 
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+#: Precision changes the numbers computed: applied once measured faster here
+#: (or asked for). Measured slower on CPUs without native bf16 and on
+#: depthwise-convolution models, so never assumed.
+KNOBS = {
+    "dtype": Knob(off="fp32", effect=Effect.NUMERICS),
+    "grad_scaler": Knob(off=False, effect=Effect.NUMERICS),
+    "tf32": Knob(off=None, effect=Effect.NUMERICS),
+}
+
+
+@hookimpl
+def autotune_knobs() -> dict[str, Knob]:
+    return dict(KNOBS)
 
 
 # -- application -----------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
+from autotune.knobs import PROCESS, Knob
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
 
@@ -142,6 +143,14 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
     backend = (from_profile(options.backend, "profile sets backend") if "backend" in given
                else default("loky", "processes on one machine; dask for a cluster"))
     return {"max_concurrent": concurrent, "threads_per_fold": threads, "backend": backend}
+
+
+@hookimpl
+def autotune_knobs() -> dict[str, Knob]:
+    # A whole cross-validation run's setting: not measured per trial.
+    return {"max_concurrent": Knob(off=1, phase=PROCESS),
+            "threads_per_fold": Knob(off=None, phase=PROCESS),
+            "backend": Knob(off="loky", phase=PROCESS)}
 
 
 @hookimpl

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
+from autotune.knobs import Knob
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
@@ -57,6 +58,16 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+@hookimpl
+def autotune_knobs() -> dict[str, Knob]:
+    import torch
+
+    # "Off" is what this process runs with now (torch's own choice, or the
+    # user's torch.set_num_threads).
+    return {"intra_op": Knob(off=torch.get_num_threads()), "inter_op": Knob(off=None),
+            "set_env": Knob(off=False)}
 
 
 # -- application -----------------------------------------------------------------

@@ -161,7 +161,10 @@ def test_plan_table(capsys):
     code, out, err = run(capsys, "plan")
     assert code == 0 and err == ""
     header = next(line for line in out.splitlines() if line.startswith("PLUGIN"))
-    assert header.split() == ["PLUGIN", "KEY", "VALUE", "SOURCE", "REASON"]
+    assert header.split() == ["PLUGIN", "KEY", "VALUE", "SOURCE", "EFFECT", "REASON"]
+    assert any(line.startswith("clipping") and "changes training" in line
+               for line in out.splitlines())
+    assert "Nothing here was measured" in out
     start = header.index("SOURCE")
     rows = [line for line in out.splitlines() if line.startswith("dataloader ")]
     assert rows and all(line[start:].split()[0] in ("default", "profile") for line in rows)
@@ -176,7 +179,7 @@ def test_plan_json_round_trips_and_honours_flags(capsys):
     assert plan.to_dict() == data
     assert "compile" not in plan and plan.disabled["threads"] == "disabled by --disable"
     assert data["plugins"]["dataloader"]["num_workers"] == {
-        "value": 3, "source": "override", "reason": "set by the user"}
+        "value": 3, "source": "override", "reason": "set by the user", "effect": "speed"}
     assert plan.get("clipping", "max_norm") is None
 
 

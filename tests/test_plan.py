@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from autotune import make_plan
 from autotune.context import Workload
 from autotune.errors import PlanError
+from autotune.knobs import Effect
 from autotune.manager import BUILTIN_PLUGINS
 from autotune.plan import Plan, Setting, Source
 from autotune.testing import (a100_box, cpu_laptop, fake_cpu, fake_gpu, fake_hardware, h100_box,
@@ -34,11 +35,41 @@ def test_rtx5080_7950x_plan_follows_its_profile():
     assert 10 <= workers.value <= 18 and workers.source is Source.PROFILE
     assert 6 <= plan.get("dataloader", "prefetch_factor") <= 8
     assert plan.get("dataloader", "pin_memory") is True
-    assert plan.get("mixed_precision", "dtype") == "bf16"
-    assert plan.get("mixed_precision", "grad_scaler") is False
-    assert plan.setting("clipping", "max_norm") == Setting(1.0, Source.PROFILE, "profile sets max_norm")
     assert plan.get("parallel_folds", "max_concurrent") <= 2
     assert plan.get("threads", "intra_op") == 16  # one per physical core, not per SMT thread
+    # Matched, not chosen: its bf16 waits for a measurement and its clipping
+    # (which changes what is trained) stays off; the plan says why.
+    dtype, clip = plan.setting("mixed_precision", "dtype"), plan.setting("clipping", "max_norm")
+    assert dtype.value == "fp32" and dtype.reason.startswith("not measured: profile rtx5080_7950x")
+    assert dtype.effect is Effect.NUMERICS
+    assert clip.value is None and clip.effect is Effect.TRAINING
+    assert "changes what is trained" in clip.reason and "profile='rtx5080_7950x'" in clip.reason
+
+
+def test_a_profile_chosen_by_name_may_turn_on_what_it_sets():
+    plan = plan_for(rtx5080_7950x(), profile="rtx5080_7950x")
+    assert plan.get("mixed_precision", "dtype") == "bf16"
+    assert plan.get("mixed_precision", "grad_scaler") is False
+    assert plan.setting("clipping", "max_norm") == Setting(1.0, Source.PROFILE, "profile sets max_norm",
+                                                           Effect.TRAINING)
+
+
+def test_an_unmeasured_plan_changes_nothing_that_must_be_measured_or_asked_for():
+    """Whatever the hardware: fp32, eager, contiguous, no clipping, one step per batch."""
+    conv = Workload.inspect(torch.nn.Conv2d(3, 8, 3))
+    for make in PRESETS:
+        plan = plan_for(make(), workload=conv)
+        assert plan.get("mixed_precision", "dtype") == "fp32", make.__name__
+        assert plan.get("mixed_precision", "tf32") in (None, False)
+        assert plan.get("compile", "mode") == "off"
+        assert plan.get("channels_last", "enabled") is False
+        assert plan.get("clipping", "max_norm") is None and plan.get("clipping", "clip_value") is None
+        assert plan.get("accumulation", "steps") == 1
+        off = {"dtype": "fp32", "grad_scaler": False, "tf32": None, "steps": 1, "max_norm": None,
+               "norm_type": 2.0, "clip_value": None}
+        for plugin, key, setting in plan.rows():
+            if setting.effect is not Effect.SPEED:
+                assert setting.value == off[key], (make.__name__, plugin, key)
 
 
 def test_rtx5080_workers_never_exceed_the_usable_cores():
@@ -52,10 +83,16 @@ def test_rtx5080_workers_never_exceed_the_usable_cores():
 def test_h100_plan():
     plan = plan_for(h100_box())
     assert plan.profile == "h100"
-    assert plan.get("compile", "mode") == "reduce-overhead"
-    assert plan.get("mixed_precision", "dtype") == "bf16"
-    assert plan.get("mixed_precision", "tf32") is True
     assert 8 <= plan.get("dataloader", "num_workers") <= 16
+    assert plan.get("compile", "mode") == "off"  # the profile's reduce-overhead: not measured
+    assert "reduce-overhead" in plan.setting("compile", "mode").reason
+    chosen = plan_for(h100_box(), profile="h100")
+    assert chosen.get("compile", "mode") == "reduce-overhead"
+    assert chosen.get("mixed_precision", "dtype") == "bf16"
+    # tf32 comes from the plugin's rule, not the profile: measured or asked for only.
+    assert chosen.get("mixed_precision", "tf32") is None
+    assert plan_for(h100_box(), overrides={"mixed_precision": {"tf32": True}}).get(
+        "mixed_precision", "tf32") is True
 
 
 def test_cpu_laptop_plan():
@@ -86,7 +123,7 @@ def test_every_setting_has_a_reason_and_is_json(make):
 
 
 def test_tf32_source_is_its_own_not_the_dtype_one():
-    plan = plan_for(h100_box())  # the profile sets dtype, not tf32
+    plan = plan_for(h100_box(), profile="h100")  # the profile sets dtype, not tf32
     assert plan.setting("mixed_precision", "dtype").source is Source.PROFILE
     assert plan.setting("mixed_precision", "tf32").source is Source.DEFAULT
 
@@ -100,10 +137,18 @@ def test_fp16_profile_on_a_cpu_is_downgraded_and_says_so(tmp_path):
 
 
 def test_pre_ampere_gpu_gets_fp16_with_a_scaler():
-    plan = plan_for(fake_hardware(gpus=[fake_gpu("Tesla T4", 15, (7, 5))]))
-    assert plan.get("mixed_precision", "dtype") == "fp16"
-    assert plan.get("mixed_precision", "grad_scaler") is True
-    assert plan.get("mixed_precision", "tf32") is False
+    t4 = fake_hardware(gpus=[fake_gpu("Tesla T4", 15, (7, 5))])
+    plan = plan_for(t4)
+    assert plan.get("mixed_precision", "dtype") == "fp32"  # until measured
+    assert "'fp16'" in plan.setting("mixed_precision", "dtype").reason
+    asked = plan_for(t4, overrides={"mixed_precision": {"dtype": "fp16", "grad_scaler": True}})
+    assert asked.get("mixed_precision", "dtype") == "fp16"
+    assert asked.get("mixed_precision", "grad_scaler") is True
+    assert asked.get("mixed_precision", "tf32") is None  # no TF32 on a T4: flags left alone
+    from autotune.plugins.mixed_precision import propose
+
+    proposed = propose(t4)  # what the tuner is offered first
+    assert (proposed["dtype"].value, proposed["grad_scaler"].value) == ("fp16", True)
 
 
 def test_workload_shapes_the_plan():
@@ -114,18 +159,23 @@ def test_workload_shapes_the_plan():
     assert workload.num_parameters == 8 * 4 + 4 and workload.optimizer == "SGD"
     plan = plan_for(cpu_laptop(), workload=workload)
     assert plan.get("channels_last", "enabled") is False
+    assert "no Conv2d" in plan.setting("channels_last", "enabled").reason
     conv = Workload.inspect(torch.nn.Conv2d(3, 8, 3))
-    assert plan_for(cpu_laptop(), workload=conv).get("channels_last", "enabled") is True
+    enabled = plan_for(cpu_laptop(), workload=conv).setting("channels_last", "enabled")
+    assert enabled.value is False and enabled.reason.startswith("not measured")
 
 
 def test_accumulation_target_batch_size(tmp_path):
     (tmp_path / "generic_cpu.yaml").write_text(
         "name: generic_cpu\nplugins:\n  accumulation: {target_batch_size: 256}\n")
-    steps = plan_for(cpu_laptop(), profile_dirs=[tmp_path],
+    steps = plan_for(cpu_laptop(), profile_dirs=[tmp_path], profile="generic_cpu",
                      workload=Workload(batch_size=48)).setting("accumulation", "steps")
     assert steps.value == 6 and steps.source is Source.PROFILE  # ceil(256 / 48)
     unknown = plan_for(cpu_laptop(), profile_dirs=[tmp_path]).setting("accumulation", "steps")
     assert unknown.value == 1 and "batch size" in unknown.reason
+    matched = plan_for(cpu_laptop(), profile_dirs=[tmp_path],
+                       workload=Workload(batch_size=48)).setting("accumulation", "steps")
+    assert matched.value == 1 and "proposes 6, which changes what is trained" in matched.reason
 
 
 def test_parallel_folds_split_cpu_cores():
@@ -195,7 +245,7 @@ def test_json_and_yaml_round_trip(make):
     data = json.loads(plan.to_json())
     assert set(data) == {"profile", "hardware_fingerprint", "plugins", "disabled"}
     assert data["plugins"]["accumulation"]["steps"] == {
-        "value": 4, "source": "override", "reason": "set by the user"}
+        "value": 4, "source": "override", "reason": "set by the user", "effect": "training"}
 
 
 def test_round_trip_keeps_disabled_reasons():

@@ -13,11 +13,12 @@ from typing import Any
 
 import yaml
 
-from autotune.cli.output import key_values, print_json, table, warnings_as_lines
+from autotune.cli.output import key_values, print_json, table, warnings_as_lines, wrapped_table
 from autotune.detect import detect
 from autotune.errors import PlanError
 from autotune.hardware import GIB, Hardware
 from autotune.manager import PluginManager
+from autotune.plan import Source
 from autotune.planner import Planned, make_plan
 from autotune.profile import (MatchResult, Profile, Recommendation, explain, get_profile,
                               load_profiles, recommend)
@@ -288,9 +289,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(key_values([("Profile", plan.profile), ("Why", planned.recommendation.why),
                       ("Hardware", plan.hardware_fingerprint)]))
     print()
-    print(table([(plugin, key, _show(s.value), s.source.value, s.reason)
-                 for plugin, key, s in plan.rows()],
-                headers=("plugin", "key", "value", "source", "reason")))
+    print(wrapped_table([(plugin, key, _show(s.value), s.source.value,
+                          s.effect.label or "-", s.reason) for plugin, key, s in plan.rows()],
+                        headers=("plugin", "key", "value", "source", "effect", "reason"),
+                        wrap=(5,)))
+    if not any(s.source is Source.MEASURED for _, _, s in plan.rows()):
+        print("\nNothing here was measured: `autotune.apply(model, loader, optimizer=..., "
+              "loss_fn=...)` measures the speed settings on your model.")
     if plan.disabled:
         print("\nOff:")
         print(table(sorted(plan.disabled.items()), indent="  "))
