@@ -116,12 +116,29 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
         (docs/tuning.md); default: when loader, optimizer and loss_fn are
         given. A :class:`~autotune.tuner.SearchOptions` means yes, with
         those options (noise margin, trial length, which plugins).
-    :param budget_s: seconds measured tuning may take (default 120).
+    :param budget_s: seconds ``apply`` may spend measuring (default 120):
+        batch-size search, trials and confirmation together end within it
+        (plus :data:`autotune.tuner.budget.TOLERANCE_S`); a trial still
+        running when it runs out is stopped. A search cut short is cached as
+        partial, and the next call continues it.
     :param remeasure: ignore the tuning cache and measure again.
     :param batch_size: also find the largest micro-batch that fits, keeping
         the effective batch with gradient accumulation.
     :raises AutotuneError: on bad input (unknown plugin/profile/key, ...).
     """
+    from autotune.tuner.budget import Budget
+    from autotune.tuner.search import SearchOptions
+    from autotune.tuner.tuning import DEFAULT_BUDGET_S
+
+    # The budget covers all of apply from here: planning, the batch-size
+    # search, every trial and the confirmation.
+    budget = Budget(DEFAULT_BUDGET_S if budget_s is None else budget_s)
+    if tune is not None and not isinstance(tune, (bool, SearchOptions)):
+        raise AutotuneError(f"apply: tune must be None, True, False or a SearchOptions, "
+                            f"got {tune!r}")
+    for name, flag in (("remeasure", remeasure), ("batch_size", batch_size), ("strict", strict)):
+        if not isinstance(flag, bool):
+            raise AutotuneError(f"apply: {name} must be True or False, got {flag!r}")
     _check_model(model)
     target = resolve_device(device)
     planned = make_plan(hardware=hardware, profile=profile,
@@ -134,7 +151,7 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
 
     measured = measure(model, loader, planned.plan, planned, device=target, optimizer=optimizer,
                        loss_fn=loss_fn, tune=tune, budget_s=budget_s, remeasure=remeasure,
-                       batch_size=batch_size)
+                       batch_size=batch_size, budget=budget)
     tuned = apply_plan(model, measured.loader, measured.plan, context=planned.context,
                        manager=planned.manager, device=target,
                        recommendation=planned.recommendation, report=measured.events)

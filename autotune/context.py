@@ -46,12 +46,13 @@ class Workload:
         batch_size = dataset_length = None
         workers = 0
         if loader is not None:
+            from autotune.loaders import dataset_length as length_of
+
+            # Any iterable of batches may come here (a list, a generator, a
+            # class without .dataset): only a DataLoader has these facts.
             batch_size = getattr(loader, "batch_size", None)
-            workers = int(getattr(loader, "num_workers", 0))
-            try:
-                dataset_length = len(loader.dataset)
-            except TypeError:  # an IterableDataset without __len__
-                dataset_length = None
+            workers = int(getattr(loader, "num_workers", 0) or 0)
+            dataset_length = length_of(loader)
         return cls(has_conv2d=has_conv2d, num_parameters=num_parameters,
                    batch_size=batch_size, dataset_length=dataset_length,
                    loader_num_workers=workers,
@@ -66,6 +67,10 @@ class Context:
     hardware: Hardware
     profile: "Profile"
     workload: Workload = field(default_factory=Workload)
+    #: True when the user named the profile (``profile=``, ``--profile``)
+    #: rather than it being matched: only then may it turn on settings that
+    #: change what is trained (see :mod:`autotune.knobs`).
+    profile_chosen: bool = False
 
     def options_for(self, plugin: str) -> Mapping[str, Any]:
         """The matched profile's options for ``plugin`` (reserved keys removed)."""

@@ -68,3 +68,32 @@ def test_plot_labels_keep_what_tells_trials_apart() -> None:
     one, two = (short_label({**common, "dataloader": {"num_workers": n, "pin_memory": False}})
                 for n in (1, 2))
     assert one != two and "num_workers=1" in one and "no pin_memory" in one
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_bench_stops_within_seconds_with_exit_130(tmp_path) -> None:
+    """A real SIGINT to ``autotune bench`` in the middle of a trial."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "autotune", "-v", "bench", "--workload",
+                              "mlp", "--budget", "300", "--no-progress"],
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        for line in child.stderr:  # wait until trials are running
+            if "trial #0" in line or time.monotonic() > deadline:
+                break
+        child.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        rc = child.wait(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert rc == 130
+    assert took < 30, f"bench took {took:.1f} s to stop after Ctrl-C"

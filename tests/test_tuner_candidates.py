@@ -18,6 +18,9 @@ ZEN4 = fake_hardware(cpu={"physical_cores": 2, "logical_cores": 2, "flags": [
     "avx2", "avx512f", "avx512_bf16"]})
 
 
+THREADS = torch.get_num_threads()
+
+
 def test_precision_candidates_follow_the_hardware() -> None:
     assert mixed_precision.candidates(cpu_laptop()) == [{"dtype": "fp32", "grad_scaler": False}]
     assert [c["dtype"] for c in mixed_precision.candidates(ZEN4)] == ["bf16", "fp32"]
@@ -62,15 +65,24 @@ def test_thread_candidates_leave_room_for_loader_workers() -> None:
     assert {"intra_op": 6} in threads.candidates(cpu_laptop(), loader_workers=2)
 
 
+def _knobs(hardware) -> dict:
+    loader = DataLoader(TensorDataset(torch.zeros(8, 3, 2, 2), torch.zeros(8)), batch_size=2)
+    planned = make_plan(hardware=hardware, manager=plugin_manager(),
+                        workload=Workload.inspect(nn.Conv2d(3, 3, 1), loader))
+    return planned.manager.knobs(planned.context, planned.plan)
+
+
 def test_priors_order_groups_and_prune_what_the_hardware_cannot_run() -> None:
     cnn = Workload.inspect(nn.Sequential(nn.Conv2d(3, 3, 1)))
     plugins = ["threads", "mixed_precision", "channels_last", "compile", "dataloader",
-               "accumulation", "clipping"]
-    laptop = [g.plugin for g in order_groups(plugins, cpu_laptop(), cnn, "cpu")]
+               "accumulation", "clipping", "parallel_folds"]
+    laptop = [g.plugin for g in order_groups(plugins, cpu_laptop(), cnn, "cpu",
+                                             _knobs(cpu_laptop()))]
     assert "mixed_precision" not in laptop  # no bf16 on that CPU, no fp16 without CUDA
-    assert "accumulation" not in laptop and "clipping" not in laptop
+    # Their knobs change what is trained, or belong to a whole run: never searched.
+    assert not {"accumulation", "clipping", "parallel_folds"} & set(laptop)
     assert laptop[-1] == "dataloader"  # loader settings come after the step settings
-    gpu = [g.plugin for g in order_groups(plugins, h100_box(), cnn, "cuda")]
+    gpu = [g.plugin for g in order_groups(plugins, h100_box(), cnn, "cuda", _knobs(h100_box()))]
     assert gpu[0] == "mixed_precision" and gpu[-1] == "dataloader"
     assert prune_reason("mixed_precision", {"dtype": "fp16"}, ZEN4, "cpu")
     assert prune_reason("mixed_precision", {"dtype": "bf16"}, cpu_laptop(), "cpu")
@@ -86,14 +98,21 @@ def test_baseline_is_pytorch_defaults_and_the_users_loader_but_keeps_overrides()
                         num_workers=1, persistent_workers=True)
     planned = make_plan(hardware=h100_box(), workload=Workload.inspect(model, loader),
                         manager=plugin_manager(), overrides={"compile": {"mode": "default"}})
-    baseline = baseline_config(planned.plan, loader, threads_now=3)
+    torch.set_num_threads(3)
+    try:
+        knobs = planned.manager.knobs(planned.context, planned.plan)
+    finally:
+        torch.set_num_threads(THREADS)
+    baseline = baseline_config(planned.plan, knobs, knobs)
     assert baseline.values["mixed_precision"] == {"dtype": "fp32", "grad_scaler": False,
                                                   "tf32": None}
     assert baseline.values["channels_last"] == {"enabled": False}
     assert baseline.values["dataloader"] == {"num_workers": 1, "pin_memory": False,
                                              "persistent_workers": True, "prefetch_factor": 2}
     assert baseline.values["threads"]["intra_op"] == 3
-    assert "compile" not in baseline.values  # the user's override is not the tuner's to change
+    assert "compile" in baseline.values and "mode" not in baseline.values["compile"]  # the
+    # user's override is not the tuner's to change; fullgraph's off is PyTorch's
+    assert not {"accumulation", "clipping", "parallel_folds"} & set(baseline.values)
     plan = baseline.to_plan(planned.plan, "test")
     assert plan.setting("compile", "mode").source is Source.OVERRIDE
     assert plan.setting("channels_last", "enabled").source is Source.MEASURED

@@ -86,10 +86,13 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                     context: Any = None, manager: Any = None,
                     device: str | torch.device | None = None, effective_batch: int | None = None,
                     max_batch: int | None = None, safety_margin: float = 0.9, steps: int = 2,
-                    val_loader: DataLoader | None = None) -> BatchSizeResult:
+                    val_loader: DataLoader | None = None, budget: Any = None) -> BatchSizeResult:
     """See the module docstring. ``effective_batch`` defaults to the loader's
     batch size times the plan's accumulation steps; ``max_batch`` caps the
-    probes (default: the effective batch)."""
+    probes (default: the effective batch). With a ``budget``
+    (:class:`~autotune.tuner.budget.Budget`) each probe runs bounded by it;
+    one the budget stops ends the search with what fitted so far."""
+    from autotune.tuner.budget import BudgetStop, run_bounded
     from autotune.api import resolve_device
     from autotune.engine import Engine
 
@@ -105,15 +108,25 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     snapshot = Snapshot.capture(model, optimizer, loader)
     probes: list[tuple[int, str]] = []
 
-    def fits(size: int) -> bool:
-        snapshot.restore()
+    def probe(size: int) -> None:
         probe_loader = with_batch_size(loader, size, num_workers=0)
-        engine = None
+        engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,
+                        device=target, progress=False)
         try:
-            engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,
-                            device=target, progress=False)
             engine.accumulation_steps = 1
             engine.fit(probe_loader, epochs=steps, max_steps=steps)
+        finally:
+            engine.close()
+
+    def fits(size: int) -> bool:
+        snapshot.restore()
+        try:
+            if budget is not None and budget.limited:
+                if budget.expired():
+                    raise BudgetStop
+                run_bounded(lambda: probe(size), budget, name="autotune-batch-size")
+            else:
+                probe(size)
             probes.append((size, "fits"))
             return True
         except Exception as exc:  # noqa: BLE001 - only OOM means "too big"
@@ -124,31 +137,36 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                 torch.cuda.empty_cache()
             return False
         finally:
-            if engine is not None:
-                engine.close()
             snapshot.restore()
 
+    stopped = ""
     try:
         fit, oom = 0, None
         size = min(start, cap)
-        while size >= 1 and not fits(size):  # shrink until one fits
-            oom, size = size, size // 2
-        if size < 1:
-            raise AutotuneError("even a batch of 1 runs out of memory: the model does not fit "
-                                f"on {target}")
-        fit = size
-        while oom is None and fit < cap:  # grow by doubling up to the cap
-            nxt = min(fit * 2, cap)
-            if fits(nxt):
-                fit = nxt
-            else:
-                oom = nxt
-        while oom is not None and oom - fit > max(1, fit // 16):  # bisect the gap
-            mid = (fit + oom) // 2
-            if fits(mid):
-                fit = mid
-            else:
-                oom = mid
+        try:
+            while size >= 1 and not fits(size):  # shrink until one fits
+                oom, size = size, size // 2
+            if size < 1:
+                raise AutotuneError("even a batch of 1 runs out of memory: the model does not "
+                                    f"fit on {target}")
+            fit = size
+            while oom is None and fit < cap:  # grow by doubling up to the cap
+                nxt = min(fit * 2, cap)
+                if fits(nxt):
+                    fit = nxt
+                else:
+                    oom = nxt
+            while oom is not None and oom - fit > max(1, fit // 16):  # bisect the gap
+                mid = (fit + oom) // 2
+                if fits(mid):
+                    fit = mid
+                else:
+                    oom = mid
+        except BudgetStop:
+            stopped = "the budget ran out during the batch-size search"
+            probes.append((size, "stopped: budget"))
+            if not fit:  # nothing measured to fit: keep the user's batch
+                fit = min(start, cap)
         limit = fit if oom is None else max(1, int(fit * safety_margin))
         micro = _divisor_at_most(effective, limit)
         note = ""
@@ -158,6 +176,8 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                                           target, val_loader, micro, snapshot)
     finally:
         snapshot.restore()
+    if stopped:
+        note = f"{stopped}; {note}" if note else stopped
     result = BatchSizeResult(micro, effective // micro, effective, fit, oom, tuple(probes),
                              eval_fits, note)
     log.info("batch size: micro-batch %d x %d accumulation steps = %d (largest fitting %d)",

@@ -20,7 +20,7 @@ import platform
 import statistics
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,9 +40,6 @@ from autotune.workloads import ReferenceWorkload, get_workload
 
 log = logging.getLogger("autotune.tuner")
 
-#: Plain PyTorch trains without gradient clipping; the bench's baseline
-#: must be plain PyTorch, and clipping is not a speed setting anyway.
-BENCH_DISABLED = ("clipping", "parallel_folds")
 
 
 @dataclass(frozen=True)
@@ -173,18 +170,21 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
     model, loader, optimizer = spec.build(seed)
     target = resolve_device(device)
     model.to(target)
-    planned = make_plan(workload=Workload.inspect(model, loader, optimizer),
-                        disable=BENCH_DISABLED)
+    # Every plugin on: what changes training is off unless asked for, so the
+    # baseline is plain PyTorch.
+    planned = make_plan(workload=Workload.inspect(model, loader, optimizer))
     options = SearchOptions(trial=trial or TrialOptions(chunk_s=1.0))
     result = tune(model, loader, optimizer, spec.loss_fn, planned.plan, context=planned.context,
                   manager=planned.manager, device=target, budget_s=budget_s, cache=False,
                   options=options, progress=progress)
+    if result.report.interrupted:
+        raise KeyboardInterrupt  # Ctrl-C during the search: the bench stops, no headline
     baseline = result.baseline
-    bench = Workbench(model, loader, optimizer, spec.loss_fn, planned.plan, planned.context,
-                      planned.manager, target)
+    context = replace(planned.context, workload=replace(planned.context.workload, loader=loader))
+    bench = Workbench(model, loader, optimizer, spec.loss_fn, planned.plan, context,
+                      planned.manager, target, planned.manager.knobs(context, planned.plan))
     snapshot = Snapshot.capture(model, optimizer, loader)
-    runner = TrialRunner(bench, snapshot, baseline, budget_s=None, options=options.trial,
-                         progress=progress)
+    runner = TrialRunner(bench, snapshot, baseline, options=options.trial, progress=progress)
     grid_trials: list[Trial] = []
     try:
         contenders = [("defaults", baseline),

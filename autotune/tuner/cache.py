@@ -10,7 +10,15 @@ function, and the base plan's values (user overrides, accumulation,
 clipping). Entries live in ``$AUTOTUNE_CACHE_DIR`` or the platform's user
 cache directory, and are written atomically (a temporary file in the same
 directory, then ``os.replace``), so a crash or a concurrent run never
-leaves a half-written entry. A corrupt entry is ignored and measured again.
+leaves a half-written entry.
+
+An entry is **complete** (the search ran to its end and its winner was
+confirmed: a second call measures nothing) or **partial** (the budget ran
+out, or Ctrl-C: the next call continues from its search state). Nothing in
+an entry is trusted blindly: unreadable JSON, or valid JSON of the wrong
+shape or type, is ignored with a warning and measured again (see
+``autotune.tuner.tuning``). A cache directory that cannot be written
+costs the cache, never the result.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ log = logging.getLogger("autotune.tuner")
 
 CACHE_ENV = "AUTOTUNE_CACHE_DIR"
 #: Part of every key: bump when what a trial measures changes meaning.
-TUNER_VERSION = 1
+TUNER_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -83,10 +91,15 @@ def loader_signature(loader: Any) -> dict[str, Any]:
         length = len(dataset) if dataset is not None else None
     except TypeError:
         length = None
+    try:
+        batches = len(loader)
+    except TypeError:
+        batches = None
     return {
         "type": type(loader).__qualname__,
         "dataset": type(dataset).__qualname__ if dataset is not None else None,
         "length": length,
+        "batches": batches,
         "batch_size": getattr(loader, "batch_size", None),
         "drop_last": getattr(loader, "drop_last", None),
         "sampler": type(getattr(loader, "sampler", None)).__qualname__,
@@ -135,8 +148,16 @@ class TuningCache:
             return None
         return data
 
+    def forget(self, key: str) -> None:
+        """Remove an entry (one found to be of the wrong shape); best effort."""
+        try:
+            self.path(key).unlink(missing_ok=True)
+        except OSError:
+            pass
+
     def store(self, key: str, data: Mapping[str, Any]) -> Path:
-        """Write atomically: a temporary file beside the target, then os.replace."""
+        """Write atomically: a temporary file beside the target, then
+        os.replace. Raises ``OSError`` when the directory cannot be written."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         handle, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.root)

@@ -4,12 +4,13 @@ A :class:`Config` is what one trial runs: ``{plugin: {key: value}}`` for
 the plugins the tuner searches, laid over the plan (user overrides always
 stay as the user set them). Three kinds of configuration matter:
 
-* the **baseline** -- PyTorch defaults: no autocast, no compile,
+* the **baseline** -- PyTorch defaults: every knob at the ``off`` value its
+  plugin declares through ``autotune_knobs`` (no autocast, no compile,
   contiguous memory format, the user's DataLoader exactly as built, the
-  thread count torch has now. Third-party plugins keep their planned
-  values (autotune cannot know their "off"). Semantic settings
-  (accumulation, clipping) are never searched: tuning changes speed, not
-  what is trained.
+  thread count torch has now). A plugin that declares no knobs keeps its
+  planned values. Settings that change what is trained (``Effect.TRAINING``:
+  accumulation, clipping) are never searched, and whole-process settings
+  (phase ``process``: folds at once) are not measured per trial;
 * the **planned** configuration -- what the rules and the profile chose;
 * the alternatives plugins offer through ``autotune_candidates``.
 
@@ -28,14 +29,9 @@ from typing import Any, Iterable, Mapping
 
 from autotune.context import Workload
 from autotune.hardware import Hardware
+from autotune.knobs import LOADER, STEP, Knob, Knobs
 from autotune.plan import Plan, Source
 
-#: Searched in the step phase (the training step itself), or in the loader
-#: phase, which is measured end to end after the step settings are chosen.
-STEP, LOADER = "step", "loader"
-#: Built-ins that change training semantics or are not about step speed.
-NOT_SEARCHED = frozenset({"accumulation", "clipping", "parallel_folds"})
-LOADER_PLUGINS = frozenset({"dataloader"})
 #: The prior for a third-party plugin that offers candidates.
 UNKNOWN_PRIOR = 0.1
 
@@ -97,56 +93,55 @@ class Group:
     why: str
 
 
-def searched_keys(plan: Plan, plugin: str) -> set[str]:
-    """Keys the tuner may change: all but the user's overrides."""
-    return {k for k, s in plan.settings.get(plugin, {}).items() if s.source is not Source.OVERRIDE}
+def searched_keys(plan: Plan, plugin: str, knobs: Knobs | None = None) -> set[str]:
+    """Keys the tuner may change: all but the user's overrides, and none
+    whose knob changes what is trained or belongs to the whole process."""
+    plugin_knobs = (knobs or {}).get(plugin, {})
+    return {k for k, s in plan.settings.get(plugin, {}).items()
+            if s.source is not Source.OVERRIDE
+            and (k not in plugin_knobs or plugin_knobs[k].searchable)}
 
 
-def restrict(plan: Plan, plugin: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    keys = searched_keys(plan, plugin)
+def restrict(plan: Plan, plugin: str, values: Mapping[str, Any],
+             knobs: Knobs | None = None) -> dict[str, Any]:
+    keys = searched_keys(plan, plugin, knobs)
     return {k: v for k, v in values.items() if k in keys}
 
 
-def baseline_config(plan: Plan, loader: Any, *, threads_now: int,
-                    searched: Iterable[str] = ()) -> Config:
-    """PyTorch defaults for the built-in speed plugins in ``plan``; the
-    planned values for the other ``searched`` plugins (third-party ones)."""
-    known: dict[str, dict[str, Any]] = {
-        "mixed_precision": {"dtype": "fp32", "grad_scaler": False, "tf32": None},
-        "compile": {"mode": "off"},
-        "channels_last": {"enabled": False},
-        "threads": {"intra_op": threads_now, "inter_op": None, "set_env": False},
-    }
-    if loader is not None and hasattr(loader, "num_workers"):
-        known["dataloader"] = {
-            "num_workers": int(loader.num_workers),
-            "pin_memory": bool(getattr(loader, "pin_memory", False)),
-            "persistent_workers": bool(getattr(loader, "persistent_workers", False)),
-            "prefetch_factor": getattr(loader, "prefetch_factor", None)
-            if loader.num_workers > 0 else None,
-        }
-    values = {}
-    for plugin, settings in known.items():
-        present = {k: v for k, v in settings.items() if k in plan.settings.get(plugin, {})}
-        restricted = restrict(plan, plugin, present)
-        if restricted:
-            values[plugin] = restricted
+def phase_of(plugin: str, knobs: Knobs) -> str | None:
+    """The phase a plugin is searched in (``None``: not searched): loader
+    when any of its searchable knobs is, else step."""
+    plugin_knobs = knobs.get(plugin)
+    if not plugin_knobs:
+        return STEP  # no description: a speed plugin of the step
+    searchable = [k for k in plugin_knobs.values() if k.searchable]
+    if not searchable:
+        return None
+    return LOADER if any(k.phase == LOADER for k in searchable) else STEP
+
+
+def baseline_config(plan: Plan, knobs: Knobs, searched: Iterable[str] = ()) -> Config:
+    """PyTorch defaults for the ``searched`` plugins: each knob's ``off``
+    value; the planned values of keys without a knob (third-party plugins
+    that describe nothing)."""
+    values: dict[str, dict[str, Any]] = {}
     for plugin in searched:
-        if plugin not in known:
-            restricted = restrict(plan, plugin, plan.values(plugin))
-            if restricted:
-                values[plugin] = restricted
+        plugin_knobs = knobs.get(plugin, {})
+        chosen = {key: (plugin_knobs[key].off if key in plugin_knobs else plan.get(plugin, key))
+                  for key in searched_keys(plan, plugin, knobs)}
+        if chosen:
+            values[plugin] = chosen
     return Config(values)
 
 
-def planned_config(plan: Plan, plugins: Iterable[str], baseline: Config) -> Config:
+def planned_config(plan: Plan, plugins: Iterable[str], baseline: Config,
+                   knobs: Knobs | None = None) -> Config:
     """The plan's own values for the searched plugins' keys."""
     values: dict[str, dict[str, Any]] = {}
     for plugin in plugins:
-        # The keys the baseline sets (a built-in), else every searchable key.
-        keys = set(baseline.values.get(plugin, {})) or searched_keys(plan, plugin)
+        keys = set(baseline.values.get(plugin, {})) or searched_keys(plan, plugin, knobs)
         chosen = {k: plan.get(plugin, k) for k in keys if k in plan.settings.get(plugin, {})}
-        chosen = restrict(plan, plugin, chosen)
+        chosen = restrict(plan, plugin, chosen, knobs)
         if chosen:
             values[plugin] = chosen
     return Config(values)
@@ -157,8 +152,6 @@ def prior(plugin: str, hardware: Hardware, workload: Workload, device_type: str)
     trial), with the reason. Used to order groups, never as a result."""
     cuda = device_type == "cuda"
     conv = workload.has_conv2d
-    if plugin in NOT_SEARCHED:
-        return 0.0, "changes what is trained, not how fast"
     if plugin == "mixed_precision":
         if cuda:
             return 0.6, "tensor cores run bf16/fp16 matmuls and convolutions much faster"
@@ -182,13 +175,16 @@ def prior(plugin: str, hardware: Hardware, workload: Workload, device_type: str)
 
 
 def order_groups(plugins: Iterable[str], hardware: Hardware, workload: Workload,
-                 device_type: str) -> list[Group]:
-    """Step groups by prior (highest first), then the loader groups."""
+                 device_type: str, knobs: Knobs | None = None) -> list[Group]:
+    """Step groups by prior (highest first), then the loader groups; plugins
+    whose knobs are all semantic or whole-process are not searched."""
     groups = []
     for plugin in plugins:
+        phase = phase_of(plugin, knobs or {})
+        if phase is None:
+            continue
         gain, why = prior(plugin, hardware, workload, device_type)
         if gain > 0:
-            phase = LOADER if plugin in LOADER_PLUGINS else STEP
             groups.append(Group(plugin, phase, gain, why))
     return sorted(groups, key=lambda g: (g.phase == LOADER, -g.prior))
 

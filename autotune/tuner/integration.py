@@ -14,6 +14,7 @@ import torch
 from autotune.errors import AutotuneError
 from autotune.plan import Plan, Source
 from autotune.report import Kind, Report
+from autotune.tuner.budget import Budget
 from autotune.tuner.report import TuningReport
 from autotune.tuner.search import SearchOptions
 
@@ -33,10 +34,21 @@ class Measured:
     batch_size: Any = None
 
 
-def wants_tuning(tune: Any, loader: Any, optimizer: Any, loss_fn: Any) -> bool:
+def wants_tuning(tune: Any, loader: Any, optimizer: Any, loss_fn: Any,
+                 events: Report | None = None) -> bool:
     """``tune=None`` (the default) measures when everything a trial needs
-    was given: a loader, the optimizer and the loss function."""
+    was given: a loader, the optimizer and the loss function -- and the
+    loader can be iterated more than once (a generator cannot: tuning is
+    then skipped with a warning, or refused with ``tune=True``)."""
+    from autotune.loaders import one_shot
+
     if tune is None:
+        if loader is not None and one_shot(loader):
+            if events is not None and optimizer is not None and loss_fn is not None:
+                events.add(NAME, Kind.WARNING, f"not measured: the loader is a one-shot "
+                           f"iterator ({type(loader).__name__}) and trials iterate it many "
+                           "times; pass a DataLoader or a list of batches to measure")
+            return False
         return loader is not None and optimizer is not None and loss_fn is not None
     if tune and (loader is None or optimizer is None or loss_fn is None):
         missing = [n for n, v in (("loader", loader), ("optimizer", optimizer),
@@ -52,17 +64,21 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
             loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
             tune: bool | SearchOptions | None = None,
             budget_s: float | None = None, remeasure: bool = False,
-            batch_size: bool = False) -> Measured:
+            batch_size: bool = False, budget: Budget | None = None) -> Measured:
+    """Find the batch size (when asked), then tune, within one budget:
+    ``budget`` (started by ``apply``) or a new one of ``budget_s``."""
     from autotune.tuner.tuning import DEFAULT_BUDGET_S
     from autotune.tuner.tuning import tune as run_tuning
 
     events = Report()
-    if not wants_tuning(tune, loader, optimizer, loss_fn):
+    if not wants_tuning(tune, loader, optimizer, loss_fn, events):
         if batch_size:
             raise AutotuneError("apply(batch_size=True) measures real training steps and needs "
                                 "loader, optimizer and loss_fn")
         return Measured(plan, loader, events)
     assert optimizer is not None and loss_fn is not None
+    if budget is None:
+        budget = Budget(DEFAULT_BUDGET_S if budget_s is None else budget_s)
     found = None
     steps_setting = plan.setting("accumulation", "steps")
     if batch_size and steps_setting is not None and steps_setting.source is Source.OVERRIDE:
@@ -72,7 +88,7 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
         from autotune.tuner.batch_size import find_batch_size
 
         found = find_batch_size(model, loader, optimizer, loss_fn, plan, context=planned.context,
-                                manager=planned.manager, device=device)
+                                manager=planned.manager, device=device, budget=budget)
         if found.micro_batch != loader.batch_size:
             loader = found.loader(loader)
         plan = plan.with_values("accumulation", {"steps": found.accumulation_steps},
@@ -83,16 +99,19 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
                    f"{plan.get('accumulation', 'steps')} accumulation steps = effective batch "
                    f"{found.effective_batch}")
     result = run_tuning(model, loader, optimizer, loss_fn, plan, context=planned.context,
-                        manager=planned.manager, device=device,
-                        budget_s=DEFAULT_BUDGET_S if budget_s is None else budget_s,
+                        manager=planned.manager, device=device, budget=budget,
                         remeasure=remeasure,
                         options=tune if isinstance(tune, SearchOptions) else None)
     report = result.report
+    confirmation = report.confirmation
     if report.from_cache:
         events.add(NAME, Kind.APPLIED, f"measured settings from the tuning cache "
                    f"({report.cache_path}); no trials ran")
+    elif confirmation is not None and not confirmation.shipped:
+        events.add(NAME, Kind.WARNING, f"{len(report.measured_trials())} trials in "
+                   f"{report.search_s:.1f} s; {confirmation.verdict}")
     elif report.winner is not None:
-        speed = report.speedup
+        speed = confirmation.gain if confirmation is not None else report.speedup
         events.add(NAME, Kind.APPLIED, f"{len(report.measured_trials())} trials in "
                    f"{report.search_s:.1f} s; winner: {report.winner.label}"
                    + (f" ({speed:.2f}x PyTorch defaults)" if speed else ""))
@@ -100,6 +119,11 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
         events.add(NAME, Kind.WARNING, "nothing could be measured; the plan keeps its "
                    "rule-based values: " + (report.trials[0].reason if report.trials else ""))
     if report.interrupted:
-        events.add(NAME, Kind.WARNING, "tuning was interrupted; the best configuration measured "
-                   "so far is applied")
+        events.add(NAME, Kind.WARNING, "tuning was interrupted; nothing unconfirmed is "
+                   "applied, and the next call continues the search")
+    elif not report.complete and not report.from_cache:
+        events.add(NAME, Kind.WARNING, f"the {report.budget_s:g} s budget ran out before the "
+                   "search finished; cached as partial: the next call continues it")
+    if report.cache_error:
+        events.add(NAME, Kind.WARNING, f"{report.cache_error}: the result is used, not cached")
     return Measured(result.plan, loader, events, report, found)

@@ -11,10 +11,13 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
+from autotune.tuner.confirm import Confirmation
 from autotune.tuner.trial import Measurement, Status
 
 #: Bumped when a key is removed or changes meaning.
 REPORT_VERSION = 1
+#: The trial table fits a terminal this wide.
+TABLE_WIDTH = 120
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,23 @@ class Trial:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Trial":
+        """Read back :meth:`to_dict`; ``ValueError`` for anything else."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a trial is not a mapping")
         values = dict(data)
-        values["status"] = Status(values["status"])
-        values["chunk_rates"] = tuple(values.get("chunk_rates", ()))
-        return cls(**values)
+        try:
+            values["status"] = Status(values["status"])
+            values["chunk_rates"] = tuple(float(r) for r in values.get("chunk_rates", ()))
+            trial = cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed trial: {exc}") from None
+        numbers = (trial.samples_per_s, trial.step_ms, trial.spread, trial.warmup_s,
+                   trial.first_step_s, trial.speedup)
+        if not isinstance(trial.index, int) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                for v in numbers) or not isinstance(trial.changes, Mapping):
+            raise ValueError("malformed trial: a field has the wrong type")
+        return trial
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,17 @@ class TuningReport:
     #: Candidates not tried, with the reason (hardware priors, duplicates).
     pruned: tuple[str, ...] = ()
     device: str = ""
+    #: The search ran to its end and its winner was confirmed (or nothing
+    #: beat the baseline). A partial search is cached as such and continued.
+    complete: bool = True
+    #: This run continued a search an earlier call had cut short.
+    resumed: bool = False
+    #: Trials the earlier calls of a continued search had measured.
+    earlier_trials: int = 0
+    #: How the winner fared against PyTorch defaults back to back.
+    confirmation: Confirmation | None = None
+    #: Why the result could not be cached (it is used all the same).
+    cache_error: str | None = None
 
     # -- reading ---------------------------------------------------------------
     def _trial(self, index: int | None) -> Trial | None:
@@ -133,10 +160,14 @@ class TuningReport:
     def measured_trials(self) -> list[Trial]:
         return [t for t in self.trials if t.status is not Status.SKIPPED]
 
+    def skipped_trials(self) -> list[Trial]:
+        return [t for t in self.trials if t.status is Status.SKIPPED]
+
     # -- output ----------------------------------------------------------------
-    def table(self) -> str:
-        """The trials as an aligned table, then the winner and break-even."""
-        from autotune.cli.output import table
+    def table(self, width: int = TABLE_WIDTH) -> str:
+        """The trials as an aligned table at most ``width`` columns wide
+        (settings and verdicts wrap), then the winner and break-even."""
+        from autotune.cli.output import wrapped_table
 
         rows = []
         for t in self.trials:
@@ -147,36 +178,48 @@ class TuningReport:
                 _num(t.speedup, "{:.2f}x"), _num(t.spread, "{:.1%}"),
                 _num(t.warmup_s, "{:.1f}"), t.label,
                 t.reason or t.verdict])
-        text = table(rows, ["#", "role", "status", "samples/s", "ms/step", "vs base", "spread",
-                            "warm-up s", "settings", "verdict"])
-        return text + "\n" + self.summary()
+        text = wrapped_table(rows, ["#", "role", "status", "samples/s", "ms/step", "vs base",
+                                    "spread", "warm-up s", "settings", "verdict"],
+                             width=width, wrap=(8, 9))
+        return text + "\n" + self.summary(width)
 
-    def summary(self) -> str:
+    def summary(self, width: int = TABLE_WIDTH) -> str:
+        import textwrap
+
         winner = self.winner
         lines = []
         if self.from_cache:
             lines.append(f"cached result ({self.cache_path}); no trials ran. "
                          "Pass remeasure=True (--remeasure) to measure again.")
+        if self.resumed:
+            lines.append(f"continued a search an earlier call cut short ({self.earlier_trials} "
+                         "trials then)")
         if winner is None:
             lines.append("winner: none measured; the plan keeps its rule-based values")
         else:
             speed = self.speedup
             lines.append(f"winner: #{winner.index} {winner.label}"
-                         + (f" -- {speed:.2f}x PyTorch defaults" if speed else ""))
+                         + (f" -- {speed:.2f}x PyTorch defaults in the search" if speed else ""))
+        if self.confirmation is not None:
+            lines.append(self.confirmation.verdict)
         steps, seconds = self.break_even_steps, self.break_even_s
         if not self.from_cache:
-            cost = f"search took {self.search_s:.1f} s"
+            cost = f"search took {self.search_s:.1f} s" + (
+                f" of a {self.budget_s:g} s budget" if self.budget_s is not None else "")
             if steps is None:
                 lines.append(f"{cost}; it saves nothing per step, so it never pays back")
             else:
                 lines.append(f"{cost}; it pays back after {steps:.0f} training steps "
                              f"(~{seconds:.0f} s of training with the winner)")
         if self.interrupted:
-            lines.append("interrupted: the best configuration measured so far was kept")
+            lines.append("interrupted: nothing unconfirmed ships (a winner confirmed before "
+                         "Ctrl-C does); the next call continues the search")
         elif self.budget_exhausted:
-            lines.append(f"the budget of {self.budget_s:g} s ran out; candidates left untried "
-                         "are marked skipped")
-        return "\n".join(lines)
+            lines.append(f"the budget of {self.budget_s:g} s ran out: candidates left untried "
+                         "are marked skipped (or stopped); the next call continues the search")
+        if self.cache_error:
+            lines.append(f"not cached: {self.cache_error}")
+        return "\n".join(textwrap.fill(line, width, subsequent_indent="  ") for line in lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +240,11 @@ class TuningReport:
             "cache_key": self.cache_key,
             "cache_path": self.cache_path,
             "pruned": list(self.pruned),
+            "complete": self.complete,
+            "resumed": self.resumed,
+            "earlier_trials": self.earlier_trials,
+            "confirmation": None if self.confirmation is None else self.confirmation.to_dict(),
+            "cache_error": self.cache_error,
         }
 
     def to_json(self) -> str:
@@ -204,15 +252,44 @@ class TuningReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TuningReport":
-        return cls(trials=tuple(Trial.from_dict(t) for t in data.get("trials", ())),
-                   winner_settings={p: dict(v) for p, v in (data.get("winner_settings") or {}).items()},
-                   winner_index=data.get("winner_index"), baseline_index=data.get("baseline_index"),
-                   search_s=float(data.get("search_s", 0.0)), budget_s=data.get("budget_s"),
-                   budget_exhausted=bool(data.get("budget_exhausted", False)),
-                   interrupted=bool(data.get("interrupted", False)),
-                   from_cache=bool(data.get("from_cache", False)),
-                   cache_key=str(data.get("cache_key", "")), cache_path=data.get("cache_path"),
-                   pruned=tuple(data.get("pruned", ())), device=str(data.get("device", "")))
+        """Read back :meth:`to_dict`; ``ValueError`` for anything else (a
+        cache entry of the wrong shape is measured again, never trusted)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a tuning report is not a mapping")
+        try:
+            trials = data.get("trials", ())
+            if not isinstance(trials, (list, tuple)):
+                raise ValueError("trials is not a list")
+            winner = data.get("winner_settings") or {}
+            if not isinstance(winner, Mapping) or not all(
+                    isinstance(v, Mapping) for v in winner.values()):
+                raise ValueError("winner_settings is not {plugin: {key: value}}")
+            for name in ("winner_index", "baseline_index"):
+                value = data.get(name)
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                    raise ValueError(f"{name} is not a trial number")
+            budget = data.get("budget_s")
+            if budget is not None and (not isinstance(budget, (int, float))
+                                       or isinstance(budget, bool)):
+                raise ValueError("budget_s is not a number")
+            confirmation = data.get("confirmation")
+            return cls(
+                trials=tuple(Trial.from_dict(t) for t in trials),
+                winner_settings={str(p): dict(v) for p, v in winner.items()},
+                winner_index=data.get("winner_index"), baseline_index=data.get("baseline_index"),
+                search_s=float(data.get("search_s", 0.0)), budget_s=budget,
+                budget_exhausted=bool(data.get("budget_exhausted", False)),
+                interrupted=bool(data.get("interrupted", False)),
+                from_cache=bool(data.get("from_cache", False)),
+                cache_key=str(data.get("cache_key", "")), cache_path=data.get("cache_path"),
+                pruned=tuple(str(p) for p in data.get("pruned", ())),
+                device=str(data.get("device", "")),
+                complete=bool(data.get("complete", True)), resumed=bool(data.get("resumed", False)),
+                earlier_trials=int(data.get("earlier_trials", 0)),
+                confirmation=None if confirmation is None else Confirmation.from_dict(confirmation),
+                cache_error=data.get("cache_error"))
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed tuning report: {exc}") from None
 
     def as_cached(self, path: str) -> "TuningReport":
         return replace(self, from_cache=True, cache_path=path)

@@ -2,34 +2,35 @@
 
 Strategy (coordinate descent over plugin groups, ordered by priors):
 
-1. **Baseline** -- PyTorch defaults -- is always measured first. It is the
+1. **Baseline** -- PyTorch defaults -- is measured first. It is the
    reference every speed-up is quoted against.
 2. The **planned** configuration (rules + profile) is measured next; it
    replaces the baseline as the incumbent only if it beats it.
-3. **Step groups**, highest prior first (on a bf16 CPU: mixed_precision,
-   channels_last, compile, threads; on CUDA: mixed_precision, compile,
-   channels_last, ...). For each group the plugin is asked for candidates
-   *given the incumbent* (``autotune_candidates``); candidates the hardware
-   cannot run well are pruned; every remaining one is measured on top of
-   the incumbent; the fastest is adopted only if it beats the incumbent
-   beyond noise (see :func:`beats`), after re-measuring the incumbent
-   (``recheck``) so a quiet moment on a shared machine cannot crown a
-   candidate.
-4. **Loader groups** (dataloader workers, pinning, prefetch) are measured
-   end to end with the chosen step settings, then the threads group is
-   revisited if the number of loader workers changed (they share cores).
+3. **Step groups**, highest prior first. For each group the plugin is asked
+   for candidates *given the incumbent* (``autotune_candidates``);
+   candidates the hardware cannot run well are pruned; every remaining one
+   is measured on top of the incumbent; the fastest is adopted only if it
+   beats the incumbent beyond noise (see :func:`beats`), after re-measuring
+   the incumbent (``recheck``) when the budget allows.
+4. **Loader groups** are measured end to end with the chosen step
+   settings, then the threads group is revisited if the number of loader
+   workers changed (they share cores).
 5. **Another pass** over all groups when the last one adopted something
-   (at most :data:`MAX_PASSES`): settings interact (channels_last may pay
-   only once the model is compiled). Values that were clearly slower or
-   failed are not retried; configurations already measured are reused.
-6. The **budget** caps the search: no trial starts after it has run out,
-   nor one whose estimated cost (from the trials so far; compilation
-   estimated separately) exceeds what is left. Ctrl-C keeps the best
-   configuration measured so far.
+   (at most :data:`MAX_PASSES`). Values that were clearly slower or failed
+   are not retried; configurations already measured are reused.
+6. **Confirmation** (:mod:`autotune.tuner.confirm`): before a winner ships,
+   it is measured against the baseline in interleaved pairs (A/B/A/B); it
+   ships only if it wins beyond the spread those pairs show, else PyTorch
+   defaults ship and the report says why.
 
-Because each adoption beats the incumbent by more than the noise, and the
-incumbent starts at the baseline, the winner is never slower than PyTorch
-defaults as measured.
+**The budget** holds for all of it: time for one confirmation pair is kept
+back while searching; no trial starts whose estimated cost does not fit
+what is left; a trial that overruns is stopped (see
+:mod:`autotune.tuner.budget`); once the budget is spent the search stops
+and every candidate left is recorded, once, as skipped. A search cut short
+(budget, Ctrl-C) is **not final**: its :class:`SearchState` -- the
+incumbent, the steps finished, the losers -- is cached, and the next call
+continues from there.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from autotune.tuner.candidates import (LOADER, Config, Group, order_groups, prune_reason,
                                        restrict)
+from autotune.tuner.confirm import Confirmation, confirm
 from autotune.tuner.report import Trial
 from autotune.tuner.runner import TrialRunner
-from autotune.tuner.trial import TrialOptions
+from autotune.tuner.trial import Status, TrialOptions
 
 log = logging.getLogger("autotune.tuner")
 
@@ -64,6 +66,23 @@ class SearchOptions:
     #: Search only these plugins' candidates (None: every plugin with a prior).
     only: tuple[str, ...] | None = None
     trial: TrialOptions = field(default_factory=TrialOptions)
+    #: Interleaved baseline/winner pairs measured before a winner ships
+    #: (fewer when the budget is short, never none).
+    confirm_pairs: int = 2
+
+    def __post_init__(self) -> None:
+        from autotune.errors import AutotuneError
+
+        if not isinstance(self.min_gain, (int, float)) or not 0 <= self.min_gain < 1:
+            raise AutotuneError(f"SearchOptions.min_gain must be a fraction in [0, 1), "
+                                f"got {self.min_gain!r}")
+        if not isinstance(self.confirm_pairs, int) or self.confirm_pairs < 1:
+            raise AutotuneError(f"SearchOptions.confirm_pairs must be a whole number >= 1, "
+                                f"got {self.confirm_pairs!r}")
+        if self.only is not None and (isinstance(self.only, str)
+                                      or not all(isinstance(p, str) for p in self.only)):
+            raise AutotuneError(f"SearchOptions.only must be a tuple of plugin names, "
+                                f"got {self.only!r}")
 
 
 def margin(candidate: Trial, incumbent: Trial, min_gain: float) -> float:
@@ -80,10 +99,53 @@ def beats(candidate: Trial, incumbent: Trial, min_gain: float) -> bool:
                                                                            min_gain))
 
 
+@dataclass(frozen=True)
+class SearchState:
+    """What a search cut short leaves for the next call to continue from."""
+
+    incumbent: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Steps finished ("planned", "<plugin>@<pass>", "threads-after-loader@<pass>").
+    done: tuple[str, ...] = ()
+    #: (plugin, values) measured clearly slower than the incumbent, or failed.
+    losers: tuple[tuple[str, str], ...] = ()
+    #: Trials measured by the earlier calls, for the report.
+    earlier_trials: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"incumbent": {p: dict(v) for p, v in self.incumbent.items()},
+                "done": list(self.done), "losers": [list(pair) for pair in self.losers],
+                "earlier_trials": self.earlier_trials}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "SearchState":
+        """Read back :meth:`to_dict`; raises ``ValueError`` on anything else
+        (a cache entry of the wrong shape is measured again, never trusted)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("search state is not a mapping")
+        incumbent = data.get("incumbent", {})
+        if not isinstance(incumbent, Mapping) or not all(
+                isinstance(p, str) and isinstance(v, Mapping) and all(isinstance(k, str) for k in v)
+                for p, v in incumbent.items()):
+            raise ValueError("search state: incumbent is not {plugin: {key: value}}")
+        done, losers = data.get("done", []), data.get("losers", [])
+        if not isinstance(done, list) or not all(isinstance(d, str) for d in done):
+            raise ValueError("search state: done is not a list of step names")
+        if not isinstance(losers, list) or not all(
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+                for pair in losers):
+            raise ValueError("search state: losers is not a list of [plugin, values] pairs")
+        earlier = data.get("earlier_trials", 0)
+        if not isinstance(earlier, int) or isinstance(earlier, bool) or earlier < 0:
+            raise ValueError("search state: earlier_trials is not a count")
+        return cls({p: dict(v) for p, v in incumbent.items()}, tuple(done),
+                   tuple((a, b) for a, b in losers), earlier)
+
+
 class Search:
     """Coordinate descent as described in the module docstring."""
 
-    def __init__(self, runner: TrialRunner, options: SearchOptions) -> None:
+    def __init__(self, runner: TrialRunner, options: SearchOptions,
+                 resume: SearchState | None = None) -> None:
         self.runner = runner
         self.options = options
         self.bench = runner.bench
@@ -91,15 +153,55 @@ class Search:
         self.incumbent_config: Config = runner.baseline
         self.incumbent: Trial | None = None
         self.baseline_trial: Trial | None = None
+        self.confirmation: Confirmation | None = None
+        self.resumed = resume
+        self._done: list[str] = list(resume.done) if resume else []
+        #: (plugin, values) measured clearly slower than the incumbent, or
+        #: failed: not retried in later passes.
+        self._losers: set[tuple[str, str]] = set(resume.losers) if resume else set()
         #: The group being measured: (config, trial) pairs and its role, so
         #: Ctrl-C in the middle of a group can still settle what was measured.
         self._pending: list[tuple[Config, Trial]] = []
         self._pending_role = ""
         self._pass = 1
         self._adoptions = 0
-        #: (plugin, values) measured clearly slower than the incumbent, or
-        #: failed: not retried in later passes.
-        self._losers: set[tuple[str, str]] = set()
+        #: True once the budget stopped the search; nothing more is tried.
+        self.out_of_budget = False
+
+    # -- what is left ------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        """Every step ran and the winner was confirmed (or nothing beat the
+        baseline): a result to cache as final."""
+        return (self.baseline_trial is not None and self.baseline_trial.ok
+                and not self.out_of_budget and not self.runner.budget_exhausted
+                and (self.incumbent_config.key() == self.runner.baseline.key()
+                     or (self.confirmation is not None and self.confirmation.decided)))
+
+    def state(self) -> SearchState:
+        earlier = self.resumed.earlier_trials if self.resumed else 0
+        measured = sum(1 for t in self.runner.trials if t.status is not Status.SKIPPED)
+        return SearchState(self.incumbent_config.to_dict(), tuple(self._done),
+                           tuple(sorted(self._losers)), earlier + measured)
+
+    def confirm_reserve(self, config: Config) -> float:
+        """Seconds kept back so that ``config``, should it win, can be
+        confirmed against the baseline (one interleaved pair)."""
+        if not self.options.confirm_pairs:
+            return 0.0
+        short = self.options.trial.shorter()
+        return (self.runner.estimate(self.runner.baseline, short)
+                + self.runner.estimate(config, short))
+
+    def _affordable(self, config: Config) -> bool:
+        return self.runner.affordable(config, reserve=self.confirm_reserve(config))
+
+    def _skip_for_budget(self, config: Config, role: str) -> None:
+        self.out_of_budget = True
+        self.runner.budget_exhausted = True
+        self.runner.skip(config, role, "budget left is too short for this trial (time is kept "
+                         "to confirm the winner)" if self.runner.remaining() > 0
+                         else "budget ran out")
 
     # -- steps -----------------------------------------------------------------
     def run_baseline(self) -> Trial:
@@ -107,20 +209,37 @@ class Search:
         self.baseline_trial = trial
         if trial.ok:
             self.incumbent = self.runner.set_verdict(trial, "reference (PyTorch defaults)")
+        elif trial.status is Status.STOPPED:
+            self.out_of_budget = True
         return trial
 
-    def try_planned(self, planned: Config) -> None:
-        if planned.key() == self.runner.baseline.key() or self.incumbent is None:
+    def resume_incumbent(self) -> None:
+        """A continued search starts from the incumbent an earlier call
+        adopted, measured again now: it must still beat the baseline."""
+        if self.resumed is None or self.incumbent is None:
             return
-        if not self.runner.affordable(planned):
-            self.runner.skip(planned, "planned", "budget left is too short for this trial")
-            self.runner.budget_exhausted = True
+        config = Config(self.resumed.incumbent)
+        if config.key() == self.runner.baseline.key() or not config.values:
+            return
+        if not self._affordable(config):
+            self._skip_for_budget(config, "resumed")
+            return
+        trial = self.runner.measure(config, "resumed")
+        self._decide([(config, trial)], "resumed")
+
+    def try_planned(self, planned: Config) -> None:
+        if (planned.key() == self.runner.baseline.key() or self.incumbent is None
+                or "planned" in self._done or self.out_of_budget):
+            return
+        if not self._affordable(planned):
+            self._skip_for_budget(planned, "planned")
             return
         self._pending_role = "planned"
         trial = self.runner.measure(planned, "planned")
         self._pending = [(planned, trial)]
         self._decide(self._pending, "planned")
         self._pending = []
+        self._finish("planned")
 
     def run_groups(self, groups: list[Group]) -> None:
         """Passes over the groups until one adopts nothing (at most
@@ -133,28 +252,62 @@ class Search:
             workers_before = self._workers()
             suffix = "" if number == 1 else f" (pass {number})"
             for group in groups:
-                self._search_group(group, role=group.plugin + suffix)
+                self._step(group, f"{group.plugin}@{number}", group.plugin + suffix)
             threads = [g for g in groups if g.plugin == "threads"]
             if threads and self._workers() != workers_before:
                 self._pass, saved = 1, self._pass  # worker counts changed: retry them all
-                self._search_group(threads[0], role="threads (after loader)")
+                self._step(threads[0], f"threads-after-loader@{number}", "threads (after loader)")
                 self._pass = saved
-            if self._adoptions == adopted or self.runner.remaining() <= 0:
+            if self.out_of_budget or (self._adoptions == adopted
+                                      and not self._resumed_pass(number + 1)):
                 break
+
+    def _resumed_pass(self, number: int) -> bool:
+        """A continued search finishes a pass an earlier call had started."""
+        return any(step.endswith(f"@{number}") for step in self._done)
+
+    def _step(self, group: Group, name: str, role: str) -> None:
+        if name in self._done or self.out_of_budget:
+            return
+        self._search_group(group, role)
+        if not self.out_of_budget:
+            self._finish(name)
+
+    def _finish(self, name: str) -> None:
+        if name not in self._done:
+            self._done.append(name)
+
+    def run_confirmation(self) -> None:
+        """Confirm the incumbent against the baseline (see module docstring)."""
+        if self.incumbent is None or self.baseline_trial is None:
+            return
+        if self.incumbent_config.key() == self.runner.baseline.key():
+            return
+        self.confirmation = confirm(self.runner, self.incumbent_config,
+                                    pairs=self.options.confirm_pairs,
+                                    min_gain=self.options.min_gain)
+        if not self.confirmation.decided:
+            self.out_of_budget = True
+        if not self.confirmation.shipped:
+            log.warning("the search's winner was not confirmed (%s): PyTorch defaults ship",
+                        self.confirmation.verdict)
+            self.runner.set_verdict(self.incumbent, self.confirmation.verdict)
+            self.incumbent_config = self.runner.baseline
+            self.incumbent = self.baseline_trial
 
     # -- internals ---------------------------------------------------------------
     def _workers(self) -> Any:
         return self.incumbent_config.values.get("dataloader", {}).get("num_workers")
 
-    def _candidates(self, group: Group) -> list[Config]:
+    def _candidates(self, group: Group) -> Iterator[Config]:
         b = self.bench
         plan = self.incumbent_config.to_plan(b.plan, "incumbent")
         offered = b.manager.candidates(b.context, plan).get(group.plugin, [])
         hardware = b.context.hardware
-        configs: list[Config] = []
         current = self.incumbent_config.values.get(group.plugin, {})
+        seen: set[str] = set()
         for alternative in offered:
-            values = restrict(b.plan, group.plugin, alternative)
+            values = restrict(b.plan, group.plugin, alternative, b.knobs)
             if not values:
                 continue
             why = prune_reason(group.plugin, {**current, **values}, hardware, b.device.type)
@@ -162,18 +315,16 @@ class Search:
                 self.pruned.append(f"{group.plugin} {values}: {why}")
                 continue
             config = self.incumbent_config.merged(group.plugin, values)
-            if config.key() == self.incumbent_config.key():
+            if config.key() == self.incumbent_config.key() or config.key() in seen:
                 continue
             if self._pass > 1 and self._loser_key(group.plugin, config) in self._losers:
                 continue
-            if all(c.key() != config.key() for c in configs):
-                configs.append(config)
-        return configs
+            seen.add(config.key())
+            yield config
 
-    def _search_group(self, group: Group, role: str | None = None) -> None:
+    def _search_group(self, group: Group, role: str) -> None:
         if self.incumbent is None:
             return
-        role = role or group.plugin
         measured: list[tuple[Config, Trial]] = []
         self._pending, self._pending_role = measured, role
         for config in self._candidates(group):
@@ -181,12 +332,14 @@ class Search:
             if known is not None:
                 measured.append((config, known))
                 continue
-            if not self.runner.affordable(config):
-                self.runner.budget_exhausted = True
-                self.runner.skip(config, role, "budget left is too short for this trial"
-                                 if self.runner.remaining() > 0 else "budget ran out")
+            if self.out_of_budget or not self._affordable(config):
+                self._skip_for_budget(config, role)
                 continue
-            measured.append((config, self.runner.measure(config, role)))
+            trial = self.runner.measure(config, role)
+            if trial.status is Status.STOPPED:
+                self.out_of_budget = True
+                continue
+            measured.append((config, trial))
         incumbent = self.incumbent
         self._decide(measured, role)
         self._pending = []
@@ -214,9 +367,7 @@ class Search:
         assert self.incumbent is not None
         gain = self.options.min_gain
         ok = [(c, t) for c, t in measured if t.ok]
-        for config, trial in measured:
-            if not trial.ok:
-                continue
+        for config, trial in ok:
             if not beats(trial, self.incumbent, gain):
                 self._kept(trial, self.incumbent)
         contenders = [(c, t) for c, t in ok if beats(t, self.incumbent, gain)]
@@ -228,16 +379,21 @@ class Search:
                 self.runner.set_verdict(other, f"beat #{self.incumbent.index}, but #{best.index} "
                                         "was faster")
         reference, needed = self.incumbent, gain
-        if recheck and self.options.recheck and self.runner.affordable(self.incumbent_config):
-            again = self.runner.measure(self.incumbent_config, "recheck", force=True)
+        wants_recheck = recheck and self.options.recheck
+        if wants_recheck and self.runner.affordable(self.incumbent_config,
+                                                    reserve=self.confirm_reserve(config)):
+            again = self.runner.measure(self.incumbent_config, "recheck", force=True,
+                                        record=False)
             # The better of the two incumbent measurements: a candidate must
             # beat the incumbent at its best, which protects the baseline
             # guarantee when the machine's load changes between trials.
             if again.ok and (again.samples_per_s or 0) > (reference.samples_per_s or 0):
                 reference = again
+            if again.status is Status.STOPPED:
+                self.out_of_budget = True
             self.runner.set_verdict(again, f"re-measured #{self.incumbent.index} before "
                                     f"adopting #{best.index}")
-        elif recheck and self.options.recheck:
+        elif wants_recheck:
             needed = 2 * gain  # no time left to re-measure: ask for a wider margin instead
         if beats(best, reference, needed):
             self.runner.set_verdict(best, f"adopted: beat #{reference.index} by "
@@ -258,14 +414,14 @@ class Search:
 
     def groups(self) -> list[Group]:
         b = self.bench
-        return search_groups(b.plan, b.context, b.device.type, self.options.only)
+        return search_groups(b.plan, b.context, b.device.type, b.knobs, self.options.only)
 
 
-def search_groups(plan: Any, context: Any, device_type: str,
+def search_groups(plan: Any, context: Any, device_type: str, knobs: Any,
                   only: tuple[str, ...] | None = None) -> list[Group]:
     """The plugin groups to search, in order (see :func:`order_groups`)."""
     plugins = [p for p in plan.plugins() if only is None or p in only]
-    groups = order_groups(plugins, context.hardware, context.workload, device_type)
+    groups = order_groups(plugins, context.hardware, context.workload, device_type, knobs)
     log.info("search order: %s", ", ".join(f"{g.plugin} ({g.prior:g}: {g.why})" for g in groups))
     return groups
 

@@ -18,8 +18,14 @@ micro-step:
 Failures disqualify the candidate with a reason instead of crashing:
 out-of-memory, a non-finite loss, a compile error (the engine fell back to
 eager), a DataLoader error, any other exception. ``KeyboardInterrupt``
-propagates (the search keeps the best so far). The caller restores the
-snapshot before and after every trial.
+propagates (the search keeps the best so far), and so does
+:class:`~autotune.tuner.budget.BudgetStop` when the budget runs out at a
+step boundary or, raised by the runner, in the middle of a step. The
+caller restores the snapshot before and after every trial.
+
+Slow steps make short trials: when ``chunks`` chunks of the warm-up's step
+time would take longer than ``max_timed_s``, fewer are timed (at least
+``min_chunks``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -44,15 +50,23 @@ class Status(str, enum.Enum):
     OK = "ok"
     DISQUALIFIED = "disqualified"
     SKIPPED = "skipped"
+    #: Started, then stopped because the budget ran out ("stopped: budget").
+    STOPPED = "stopped"
     INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
 class TrialOptions:
-    warmup_steps: int = 3
+    #: Steps before timing starts (loader start, compilation, allocation).
+    warmup_steps: int = 2
+    #: Timed chunks of a trial, at most; fewer (down to ``min_chunks``) when
+    #: steps are so slow that ``chunks`` of them would exceed ``max_timed_s``.
     chunks: int = 5
+    min_chunks: int = 3
     #: Target duration of one timed chunk, seconds.
     chunk_s: float = 0.5
+    #: Target duration of all timed chunks together, seconds.
+    max_timed_s: float = 6.0
     min_chunk_steps: int = 1
     max_chunk_steps: int = 500
     #: A trial whose chunks spread more than this (relative) was disturbed
@@ -60,6 +74,35 @@ class TrialOptions:
     #: ``retries`` times, and the steadiest measurement is kept.
     max_spread: float = 0.25
     retries: int = 1
+    #: The clock chunks are timed with (tests pass a fake one to make
+    #: measurements deterministic); the budget always runs on real time.
+    clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from autotune.errors import AutotuneError
+
+        for name in ("warmup_steps", "chunks", "min_chunks", "min_chunk_steps",
+                     "max_chunk_steps", "retries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name in (
+                    "warmup_steps", "retries") else 1):
+                raise AutotuneError(f"TrialOptions.{name} must be a whole number "
+                                    f">= {0 if name in ('warmup_steps', 'retries') else 1}, "
+                                    f"got {value!r}")
+        for name in ("chunk_s", "max_timed_s", "max_spread"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                    math.isfinite(value) and value > 0):
+                raise AutotuneError(f"TrialOptions.{name} must be a number > 0, got {value!r}")
+        if self.min_chunks > self.chunks:
+            raise AutotuneError(f"TrialOptions.min_chunks={self.min_chunks} is more than "
+                                f"chunks={self.chunks}")
+
+    def shorter(self) -> "TrialOptions":
+        """The options of a confirmation trial: the configuration was
+        measured already, so one warm-up step and the fewest chunks do."""
+        return replace(self, warmup_steps=min(self.warmup_steps, 1), chunks=self.min_chunks,
+                       retries=0)
 
 
 @dataclass(frozen=True)
@@ -112,18 +155,25 @@ class _NotAsPlanned(Exception):
 
 
 class ChunkTimer:
-    """The engine monitor that times a trial (see module docstring)."""
+    """The engine monitor that times a trial (see module docstring). At
+    every step it also checks the budget (``budget.check()`` raises
+    :class:`~autotune.tuner.budget.BudgetStop` once it has run out)."""
 
     def __init__(self, options: TrialOptions, device: torch.device, accumulation: int,
                  check_loss: Callable[[], bool],
-                 check_plan: Callable[[], str | None] = lambda: None) -> None:
+                 check_plan: Callable[[], str | None] = lambda: None,
+                 budget: Any = None, progress: "TrialProgress | None" = None) -> None:
         self.options = options
+        self.progress = progress
         self.check_plan = check_plan
         self.device = device
+        self.budget = budget
+        self.clock = options.clock
         self.k = max(1, accumulation)
         self.check_loss = check_loss
         warmup = max(options.warmup_steps, 1)
         self.warmup_steps = math.ceil(warmup / self.k) * self.k
+        self.chunks = options.chunks
         self.steps = 0
         self.chunk_steps = 0
         self.rates: list[float] = []
@@ -136,21 +186,25 @@ class ChunkTimer:
     def _sync(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        return self.clock()
 
     def start(self) -> None:
-        self._start = self._last = time.perf_counter()
+        self._start = self._last = self.clock()
 
     def stop(self) -> None:
         pass
 
     def record_step(self, step: int, data_wait_s: float, step_s: float, samples: int) -> None:
         self.steps += 1
+        if self.budget is not None:
+            self.budget.check()
         if self.warmup_s is None:
             if self.steps == 1:
                 self.first_step_s = self._sync() - self._start
+                if self.progress is not None:
+                    self.progress.first_step_s = self.first_step_s
             if self.steps < self.warmup_steps:
-                self._last = time.perf_counter()
+                self._last = self.clock()
                 return
             now = self._sync()
             if not self.check_loss():
@@ -163,7 +217,13 @@ class ChunkTimer:
             wanted = math.ceil(self.options.chunk_s / last_step)
             wanted = min(max(wanted, self.options.min_chunk_steps), self.options.max_chunk_steps)
             self.chunk_steps = math.ceil(wanted / self.k) * self.k
+            # Slow steps: fewer chunks, so a trial stays near max_timed_s.
+            per_chunk = last_step * self.chunk_steps
+            fitting = int(self.options.max_timed_s // max(per_chunk, 1e-9))
+            self.chunks = min(self.options.chunks, max(self.options.min_chunks, fitting))
             self._chunk_start = now
+            if self.progress is not None:
+                self.progress.phase = "timed"
             return
         self._in_chunk += 1
         self._chunk_samples += samples
@@ -176,8 +236,8 @@ class ChunkTimer:
         if not self.check_loss():
             raise _NonFinite("non-finite loss")
         self._in_chunk = self._chunk_samples = 0
-        self._chunk_start = time.perf_counter()
-        if len(self.rates) >= self.options.chunks:
+        self._chunk_start = self.clock()
+        if len(self.rates) >= self.chunks:
             raise _TrialDone
 
     def max_steps(self) -> int:
@@ -250,31 +310,51 @@ def _fallback_reason(report: Report, plugins: frozenset[str]) -> str | None:
 
 
 def _epochs_for(loader: Any, steps: int) -> int:
-    """Enough epochs for ``steps`` micro-batches (fit stops at max_steps)."""
+    """Enough epochs for ``steps`` micro-batches (fit stops at max_steps).
+    A loader without ``len`` (an IterableDataset) may be finite: as many
+    epochs as steps, each re-iterating it, stop when the steps are done."""
     try:
         return max(1, math.ceil(steps / max(1, len(loader))))
-    except TypeError:  # no __len__: one (endless) epoch
-        return 1
+    except TypeError:
+        return max(1, steps)
+
+
+@dataclass
+class TrialProgress:
+    """Where a running trial is, for the thread that may have to stop it:
+    a trial is stoppable until it starts cleaning up (engine close, hooks
+    removed, loader workers shut down), which must run to the end."""
+
+    phase: str = "setup"  # setup -> warm-up -> timed -> cleanup
+    first_step_s: float | None = None
+
+    @property
+    def stoppable(self) -> bool:
+        return self.phase != "cleanup"
 
 
 def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
               loss_fn: Callable[[Any, Any], torch.Tensor], plan: Plan, *, context: Any,
               manager: Any, device: torch.device, options: TrialOptions,
-              changed_plugins: frozenset[str] = frozenset()) -> Measurement:
+              changed_plugins: frozenset[str] = frozenset(), budget: Any = None,
+              reset_compiler: bool = False, progress: TrialProgress | None = None) -> Measurement:
     """Measure ``plan`` on the user's objects. Global state is undone by
     the engine; the caller restores model/optimizer/RNG state around it.
     ``changed_plugins``: plugins whose settings differ from the baseline; a
     fallback reported by one of them disqualifies the candidate (it did not
-    run as planned, e.g. torch.compile failed and the step ran eagerly)."""
+    run as planned, e.g. torch.compile failed and the step ran eagerly).
+    ``budget``: checked at every step (``BudgetStop`` propagates).
+    ``reset_compiler``: start from a clean dynamo cache -- recompiling the same
+    forward for trial after trial would hit dynamo's recompile limit and
+    silently run eagerly."""
     from autotune.api import apply_plan
     from autotune.engine import Engine
 
-    started = time.perf_counter()
+    progress = progress if progress is not None else TrialProgress()
+    clock = options.clock
+    started = clock()
     report = Report()
-    if plan.get("compile", "mode", "off") != "off":
-        # Each compiled trial starts from a clean dynamo cache: recompiling
-        # the same forward for trial after trial would hit dynamo's
-        # recompile limit and silently run eagerly.
+    if reset_compiler:
         torch._dynamo.reset()
     watch = _LossWatch(loss_fn)
     tuned = engine = None
@@ -285,34 +365,39 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
         engine = Engine(tuned.model, optimizer, watch, plan, manager=manager, context=context,
                         device=device, progress=False, report=report)
         timer = ChunkTimer(options, device, engine.accumulation_steps, watch.all_finite,
-                           lambda: _fallback_reason(report, changed_plugins))
+                           lambda: _fallback_reason(report, changed_plugins), budget=budget,
+                           progress=progress)
+        progress.phase = "warm-up"
         try:
             steps = timer.max_steps()
             engine.fit(tuned.loader, epochs=_epochs_for(tuned.loader, steps), max_steps=steps,
                        monitor=timer)
         except _TrialDone:
             pass
-    except KeyboardInterrupt:
-        raise
     except Exception as exc:  # noqa: BLE001 - any failure disqualifies this candidate
         reason = classify_failure(exc)
         log.info("trial disqualified: %s", reason)
         if is_oom(exc) and device.type == "cuda":
             torch.cuda.empty_cache()
-        return Measurement(Status.DISQUALIFIED, reason, wall_s=time.perf_counter() - started,
+        return Measurement(Status.DISQUALIFIED, reason, wall_s=clock() - started,
+                           first_step_s=progress.first_step_s,
                            events=tuple(str(e) for e in report))
     finally:
+        # KeyboardInterrupt and BudgetStop pass through here too; from now on
+        # nothing stops the trial, so every undo runs.
+        progress.phase = "cleanup"
         if engine is not None:
             engine.close()
         if tuned is not None and tuned.loader is not None and tuned.loader is not loader:
             _shutdown_workers(tuned.loader)
     events = tuple(str(e) for e in report)
-    wall = time.perf_counter() - started
+    wall = clock() - started
     fallback = _fallback_reason(report, changed_plugins)
     if fallback:
-        return Measurement(Status.DISQUALIFIED, fallback, wall_s=wall, events=events)
+        return Measurement(Status.DISQUALIFIED, fallback, wall_s=wall, events=events,
+                           first_step_s=timer.first_step_s if timer else None)
     assert timer is not None
-    if len(timer.rates) < timer.options.chunks:
+    if len(timer.rates) < timer.chunks:
         return Measurement(Status.DISQUALIFIED, f"the loader ran out after {timer.steps} steps "
                            "(fewer than warm-up and the timed chunks need)", wall_s=wall,
                            events=events)

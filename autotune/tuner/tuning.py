@@ -3,32 +3,38 @@
 This is the step between planning and application in
 :func:`autotune.apply`: it takes the plan the rules and the profile made,
 measures the baseline and the candidates (see :mod:`autotune.tuner.search`),
+confirms the winner against the baseline (:mod:`autotune.tuner.confirm`)
 and returns the plan with the winner's values written with source
 ``measured`` (a user override still wins), together with a
 :class:`~autotune.tuner.report.TuningReport`. The user's model, optimizer,
 RNG and global flags are restored afterwards, bitwise (see
-:mod:`autotune.tuner.state`); results are cached per workload (see
-:mod:`autotune.tuner.cache`).
+:mod:`autotune.tuner.state`).
+
+Results are cached per workload (:mod:`autotune.tuner.cache`): a complete
+search is reused as it is; a search the budget or Ctrl-C cut short is
+cached as partial and continued by the next call, which re-measures the
+baseline and the incumbent it left and goes on with the steps not done.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from autotune.errors import AutotuneError
-from autotune.plan import Plan
+from autotune.loaders import one_shot, peek_batch
+from autotune.plan import Plan, _kind
+from autotune.tuner.budget import Budget
 from autotune.tuner.cache import (TuningCache, batch_signature, loader_signature, make_key,
                                   model_signature, optimizer_signature)
-from autotune.tuner.candidates import Config, baseline_config, planned_config
+from autotune.tuner.candidates import Config, baseline_config, planned_config, searched_keys
 from autotune.tuner.report import TuningReport
 from autotune.tuner.runner import TrialRunner, Workbench
-from autotune.tuner.search import Search, SearchOptions, search_groups
+from autotune.tuner.search import Search, SearchOptions, SearchState, search_groups
 from autotune.tuner.state import Snapshot
 
 log = logging.getLogger("autotune.tuner")
@@ -47,29 +53,19 @@ class TuningResult:
     baseline: Config
 
 
-def _peek_batch(loader: Any) -> Any:
-    """The first batch, loaded in this process (no worker start-up). The
-    caller restores the RNG state this consumes."""
-    from torch.utils.data import DataLoader
-
-    probe = loader
-    if type(loader) is DataLoader and loader.num_workers > 0:
-        from autotune.plugins.dataloader import rebuild_loader
-
-        probe = rebuild_loader(loader, num_workers=0)
-    try:
-        return next(iter(probe))
-    except StopIteration:
-        raise AutotuneError("tune: the loader yields no batches; measured tuning needs at "
-                            "least one") from None
-
-
 def _check(model: Any, loader: Any, optimizer: Any, loss_fn: Any) -> None:
     if not isinstance(model, torch.nn.Module):
         raise AutotuneError(f"tune: model must be a torch.nn.Module, got {type(model).__name__}")
     if loader is None:
         raise AutotuneError("tune: measured tuning needs the training DataLoader (loader=...); "
                             "HINT: pass tune=False to plan without measuring")
+    if one_shot(loader):
+        raise AutotuneError(f"tune: the loader is a one-shot iterator ({type(loader).__name__}): "
+                            "measured tuning iterates it many times; HINT: pass a DataLoader, a "
+                            "list of batches or any re-iterable object, or tune=False")
+    if not hasattr(loader, "__iter__"):
+        raise AutotuneError(f"tune: the loader must be iterable (a DataLoader, a list of "
+                            f"batches...), got {type(loader).__name__}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise AutotuneError(f"tune: optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}; HINT: apply(..., optimizer=opt, "
@@ -82,42 +78,100 @@ def _check(model: Any, loader: Any, optimizer: Any, loss_fn: Any) -> None:
 def _winner_reason(report: TuningReport, cached_at: str | None = None) -> str:
     winner, speed = report.winner, report.speedup
     suffix = f" (cached {cached_at})" if cached_at else ""
+    confirmation = report.confirmation
+    if confirmation is not None and not confirmation.shipped:
+        return f"measured: {confirmation.verdict}{suffix}"
     if winner is None:
         return "measured" + suffix
     if winner.index == report.baseline_index:
         return "measured: no candidate beat PyTorch defaults beyond noise" + suffix
-    return (f"measured fastest here: {speed:.2f}x PyTorch defaults "
-            f"({winner.samples_per_s:.0f} samples/s, trial #{winner.index}){suffix}")
+    gain = confirmation.gain if confirmation is not None and confirmation.gain else speed
+    return (f"measured fastest here: {gain:.2f}x PyTorch defaults, confirmed back to back "
+            f"(trial #{winner.index}){suffix}")
+
+
+def _valid_settings(settings: Any, plan: Plan, knobs: Any) -> dict[str, dict[str, Any]]:
+    """Cached winner settings, only if every plugin, key and kind of value
+    fits this plan: ``ValueError`` otherwise (the entry is measured again)."""
+    if not isinstance(settings, Mapping):
+        raise ValueError("winner_settings is not a mapping")
+    out: dict[str, dict[str, Any]] = {}
+    for plugin, values in settings.items():
+        if plugin not in plan.settings or not isinstance(values, Mapping):
+            raise ValueError(f"winner_settings names {plugin!r}, not a plugin of this plan")
+        allowed = searched_keys(plan, plugin, knobs)
+        for key, value in values.items():
+            if key not in allowed:
+                raise ValueError(f"winner_settings sets {plugin}.{key}, which is not searched")
+            planned = plan.get(plugin, key)
+            if value is not None and planned is not None and _kind(value) != _kind(planned):
+                raise ValueError(f"winner_settings {plugin}.{key}={value!r} is not the kind of "
+                                 f"value the plan has ({planned!r})")
+        out[str(plugin)] = dict(values)
+    return out
+
+
+def _read_entry(store: TuningCache, key: str, plan: Plan, knobs: Any) -> dict[str, Any] | None:
+    """The cache entry for ``key``, checked for shape and type; ``None`` when
+    absent or not to be trusted (then removed and measured again)."""
+    entry = store.load(key)
+    if entry is None:
+        return None
+    try:
+        complete = entry.get("complete", False)
+        if not isinstance(complete, bool):
+            raise ValueError("complete is not true/false")
+        report = TuningReport.from_dict(entry["report"])
+        winner = _valid_settings(entry.get("winner_settings", report.winner_settings), plan, knobs)
+        state = SearchState.from_dict(entry.get("state", {}))
+        _valid_settings(state.incumbent, plan, knobs)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring tuning cache entry %s of the wrong shape (%s); measuring again",
+                    store.path(key), exc)
+        store.forget(key)
+        return None
+    return {"complete": complete, "report": report, "winner": winner, "state": state,
+            "created": str(entry.get("created", ""))}
 
 
 def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
          loss_fn: Callable[[Any, Any], torch.Tensor], plan: Plan, *, context: Any,
          manager: Any, device: str | torch.device | None = None,
          budget_s: float | None = DEFAULT_BUDGET_S, remeasure: bool = False, cache: bool = True,
-         options: SearchOptions | None = None, progress: bool = True) -> TuningResult:
+         options: SearchOptions | None = None, progress: bool = True,
+         budget: Budget | None = None) -> TuningResult:
     """Measure and return the fastest plan; see the module docstring.
 
-    :param budget_s: seconds the search may take (None: no limit). The
-        baseline is always measured, whatever the budget.
+    :param budget_s: seconds the search may take, everything included
+        (``None``: no limit); ignored when ``budget`` is given.
+    :param budget: a :class:`~autotune.tuner.budget.Budget` already running
+        (``autotune.apply`` starts one before the batch-size search).
     :param remeasure: ignore a cached result and measure again.
     :param cache: read and write the tuning cache.
     :param options: search and trial options (noise margin, chunks...).
     """
     from autotune.api import resolve_device
-
-    _check(model, loader, optimizer, loss_fn)
-    options = options or SearchOptions()
-    target = resolve_device(device)
     from autotune.batches import model_device
 
+    _check(model, loader, optimizer, loss_fn)
+    budget = budget if budget is not None else Budget(budget_s)
+    options = options or SearchOptions()
+    target = resolve_device(device)
     if model_device(model) != target:
         model.to(target)  # apply_plan would move it anyway; snapshot it where it trains
-    groups = search_groups(plan, context, target.type, options.only)
-    baseline = baseline_config(plan, loader, threads_now=torch.get_num_threads(),
-                               searched=[g.plugin for g in groups])
+    # The knobs describe this loader (the batch-size search may have rebuilt it).
+    context = replace(context, workload=replace(context.workload, loader=loader))
+    knobs = manager.knobs(context, plan)
+    groups = search_groups(plan, context, target.type, knobs, options.only)
+    searched = list(dict.fromkeys([*knobs, *(g.plugin for g in groups)]))
+    baseline = baseline_config(plan, knobs, searched)
     snapshot = Snapshot.capture(model, optimizer, loader)
     try:
-        batch = _peek_batch(loader)
+        try:
+            batch = peek_batch(loader)
+        except StopIteration:
+            raise AutotuneError("tune: the loader yields no batches; measured tuning needs at "
+                                "least one") from None
         parts = {
             "hardware": plan.hardware_fingerprint or context.hardware.fingerprint,
             "torch": torch.__version__, "device": str(target),
@@ -132,25 +186,33 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
         snapshot.restore()
     key = make_key(parts)
     store = TuningCache()
+    resume: SearchState | None = None
     if cache and not remeasure:
-        entry = store.load(key)
-        if entry is not None:
-            report = TuningReport.from_dict(entry["report"]).as_cached(str(store.path(key)))
-            winner = Config(entry["report"].get("winner_settings") or {})
+        entry = _read_entry(store, key, plan, knobs)
+        if entry is not None and entry["complete"]:
+            report = entry["report"].as_cached(str(store.path(key)))
+            winner = Config(entry["winner"])
             log.info("tuning cache hit %s: no trials", store.path(key))
-            out = winner.to_plan(plan, _winner_reason(report, entry.get("created")))
+            out = winner.to_plan(plan, _winner_reason(report, entry["created"]))
             return TuningResult(out, report, winner, baseline)
+        if entry is not None:
+            resume = entry["state"]
+            log.info("continuing the search cached as partial in %s", store.path(key))
 
-    bench = Workbench(model, loader, optimizer, loss_fn, plan, context, manager, target)
-    runner = TrialRunner(bench, snapshot, baseline, budget_s=budget_s, options=options.trial,
+    bench = Workbench(model, loader, optimizer, loss_fn, plan, context, manager, target, knobs)
+    runner = TrialRunner(bench, snapshot, baseline, budget=budget, options=options.trial,
                          progress=progress)
-    search = Search(runner, options)
+    search = Search(runner, options, resume=resume)
     interrupted = False
     try:
         if search.run_baseline().ok:
-            plugins = list(dict.fromkeys([*baseline.values, *(g.plugin for g in groups)]))
-            search.try_planned(planned_config(plan, plugins, baseline))
+            search.resume_incumbent()
+            search.try_planned(planned_config(plan, searched, baseline, knobs))
             search.run_groups(groups)
+            search.run_confirmation()
+        elif runner.trials and runner.trials[0].status.value == "stopped":
+            log.warning("the budget ran out during the baseline (PyTorch defaults): nothing "
+                        "was measured")
         else:
             log.warning("the baseline (PyTorch defaults) failed: %s; nothing else is measured",
                         runner.trials[0].reason)
@@ -161,19 +223,43 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     finally:
         snapshot.restore()
         runner.close()
+    state = search.state()
+    unconfirmed = None
+    if interrupted and search.incumbent is not None and \
+            search.incumbent_config.key() != baseline.key() and search.confirmation is None:
+        # Ctrl-C before the confirmation: nothing unconfirmed ships. The
+        # cached state keeps the candidate, and the next call confirms it.
+        unconfirmed = search.incumbent
+        log.warning("interrupted before #%d (%s) was confirmed against PyTorch defaults: "
+                    "defaults ship", unconfirmed.index, unconfirmed.label)
+        runner.set_verdict(unconfirmed, "fastest when Ctrl-C came, not confirmed: not shipped")
+        search.incumbent, search.incumbent_config = search.baseline_trial, baseline
     winner_trial = search.incumbent
     winner = search.incumbent_config if winner_trial is not None else None
+    complete = search.complete and not interrupted
     report = TuningReport(
         trials=tuple(runner.trials),
         winner_settings=winner.to_dict() if winner is not None else {},
         winner_index=winner_trial.index if winner_trial is not None else None,
         baseline_index=search.baseline_trial.index if search.baseline_trial else None,
-        search_s=runner.elapsed(), budget_s=budget_s,
-        budget_exhausted=runner.budget_exhausted, interrupted=interrupted,
-        cache_key=key, pruned=tuple(search.pruned), device=str(target))
+        search_s=runner.elapsed(), budget_s=budget.seconds,
+        budget_exhausted=runner.budget_exhausted or search.out_of_budget,
+        interrupted=interrupted, cache_key=key, pruned=tuple(search.pruned), device=str(target),
+        complete=complete, resumed=resume is not None,
+        earlier_trials=resume.earlier_trials if resume else 0,
+        confirmation=search.confirmation)
     out = winner.to_plan(plan, _winner_reason(report)) if winner is not None else plan
-    if cache and winner is not None and not interrupted:
+    baseline_ok = search.baseline_trial is not None and search.baseline_trial.ok
+    if cache and baseline_ok:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        path = store.store(key, {"created": created, "parts": parts, "report": report.to_dict()})
-        report = replace(report, cache_path=str(path))
+        entry = {"created": created, "parts": parts, "complete": complete,
+                 "winner_settings": report.winner_settings, "report": report.to_dict(),
+                 "state": state.to_dict()}
+        try:
+            path = store.store(key, entry)
+            report = replace(report, cache_path=str(path))
+        except OSError as exc:
+            why = f"the tuning cache at {store.root} cannot be written ({exc.strerror or exc})"
+            log.warning("%s; the result is used but not cached", why)
+            report = replace(report, cache_error=why)
     return TuningResult(out, report, winner, baseline)

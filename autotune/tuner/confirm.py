@@ -1,0 +1,173 @@
+"""Confirmation: a winner ships only if it beats PyTorch defaults measured
+back to back with it.
+
+The search compares trials measured minutes apart; on a shared machine the
+load changes in between (one search measured the same baseline at 296 and
+693 samples/s), so a candidate can look twice as fast in its trial and be
+slower in truth. Before the winner ships, the baseline (A) and the winner
+(B) are measured again in interleaved pairs -- A B A B -- with short trials
+(the configurations were measured before, so one warm-up step and the
+fewest chunks do; a compiled winner reuses its cached code). Each B is
+compared with the A before it and the A after it, so a drift in load
+during the confirmation shows up as spread instead of as gain.
+
+:func:`decide` turns the pairs into a verdict:
+
+* **gain** -- the median of the B/A ratios;
+* **noise** -- half the range of those ratios, and never less than the
+  trials' own (median) chunk spread;
+* the winner **ships** when ``gain - 1`` exceeds ``max(min_gain, noise)``
+  (with one pair only: twice ``min_gain``);
+* when it looks faster but not by more than the noise, the machine is
+  **too noisy to tell**: PyTorch defaults ship and the report says why;
+* otherwise it was **not faster** when measured back to back: defaults ship.
+
+If the budget runs out before a single pair is measured, nothing was
+confirmed and defaults ship ("not confirmed: budget"); the search is then
+left incomplete, so the next call confirms it.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from autotune.tuner.candidates import Config
+from autotune.tuner.trial import Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from autotune.tuner.runner import TrialRunner
+
+log = logging.getLogger("autotune.tuner")
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What confirming a winner against the baseline showed."""
+
+    #: samples/s of the baseline (A) and the winner (B), in the order measured.
+    baseline_rates: tuple[float, ...] = ()
+    winner_rates: tuple[float, ...] = ()
+    ratios: tuple[float, ...] = ()
+    gain: float | None = None
+    noise: float | None = None
+    shipped: bool = False
+    #: False when nothing could be decided (the budget ran out first).
+    decided: bool = True
+    verdict: str = ""
+    trial_indices: tuple[int, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline_rates": list(self.baseline_rates),
+                "winner_rates": list(self.winner_rates), "ratios": list(self.ratios),
+                "gain": self.gain, "noise": self.noise, "shipped": self.shipped,
+                "decided": self.decided, "verdict": self.verdict,
+                "trials": list(self.trial_indices)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Confirmation":
+        if not isinstance(data, dict):
+            raise ValueError("confirmation is not a mapping")
+
+        def floats(name: str) -> tuple[float, ...]:
+            values = data.get(name, [])
+            if not isinstance(values, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"confirmation: {name} is not a list of numbers")
+            return tuple(float(v) for v in values)
+
+        gain, noise = data.get("gain"), data.get("noise")
+        for name, value in (("gain", gain), ("noise", noise)):
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise ValueError(f"confirmation: {name} is not a number")
+        if not isinstance(data.get("shipped", False), bool) or not isinstance(
+                data.get("decided", True), bool):
+            raise ValueError("confirmation: shipped/decided are not true/false")
+        return cls(floats("baseline_rates"), floats("winner_rates"), floats("ratios"), gain,
+                   noise, data.get("shipped", False), data.get("decided", True),
+                   str(data.get("verdict", "")),
+                   tuple(int(i) for i in floats("trials")))
+
+
+def ratios_of(baseline: list[float], winner: list[float]) -> list[float]:
+    """B/A for every adjacent pair of the sequence A1 B1 A2 B2 ...: each B
+    against the A before it and the A after it."""
+    out = []
+    for i, b in enumerate(winner):
+        if i < len(baseline):
+            out.append(b / baseline[i])
+        if i + 1 < len(baseline):
+            out.append(b / baseline[i + 1])
+    return out
+
+
+def decide(baseline: list[float], winner: list[float], spreads: list[float],
+           min_gain: float) -> Confirmation:
+    """The verdict on interleaved measurements (see the module docstring)."""
+    ratios = ratios_of(baseline, winner)
+    if not ratios:
+        return Confirmation(tuple(baseline), tuple(winner), decided=False,
+                            verdict="not confirmed: the budget ran out before the winner could "
+                                    "be measured against PyTorch defaults; defaults ship")
+    gain = statistics.median(ratios)
+    noise = max((max(ratios) - min(ratios)) / 2 if len(ratios) > 1 else 0.0,
+                statistics.median(spreads) if spreads else 0.0)
+    needed = max(min_gain if len(ratios) > 1 else 2 * min_gain, noise)
+    pairs = min(len(baseline), len(winner))
+    common = dict(baseline_rates=tuple(baseline), winner_rates=tuple(winner),
+                  ratios=tuple(ratios), gain=gain, noise=noise)
+    if gain - 1 > needed:
+        return Confirmation(**common, shipped=True,
+                            verdict=f"confirmed: {gain:.2f}x PyTorch defaults in {pairs} "
+                                    f"interleaved pair(s) (noise +-{noise:.0%})")
+    if gain - 1 > min_gain:
+        return Confirmation(**common, verdict=(
+            f"too noisy to tell: {gain:.2f}x PyTorch defaults back to back, but the interleaved "
+            f"measurements vary by +-{noise:.0%}; PyTorch defaults ship"))
+    return Confirmation(**common, verdict=f"not confirmed: {gain:.2f}x PyTorch defaults when "
+                                          "measured back to back; PyTorch defaults ship")
+
+
+def confirm(runner: "TrialRunner", winner: Config, *, pairs: int, min_gain: float) -> Confirmation:
+    """Measure A B (A B ...) with short trials and decide. A pair starts
+    only if the budget can fit it; a trial that fails disqualifies the
+    winner (it did not run as it did in the search)."""
+    short = runner.options.shorter()
+    baseline = runner.baseline
+    a_rates: list[float] = []
+    b_rates: list[float] = []
+    spreads: list[float] = []
+    indices: list[int] = []
+    for number in range(1, pairs + 1):
+        cost = runner.estimate(baseline, short) + runner.estimate(winner, short)
+        if number > 1 and cost > runner.remaining():
+            break
+        for config, rates, name in ((baseline, a_rates, "A"), (winner, b_rates, "B")):
+            trial = runner.measure(config, f"confirm {name}{number}", force=True,
+                                   options=short, record=False)
+            indices.append(trial.index)
+            if trial.status is Status.STOPPED:
+                runner.budget_exhausted = True
+                result = decide(a_rates, b_rates, spreads, min_gain)
+                return _with(result, indices)
+            if not trial.ok:
+                return Confirmation(tuple(a_rates), tuple(b_rates), shipped=False,
+                                    verdict=f"not confirmed: {name} failed when measured again "
+                                            f"({trial.reason}); PyTorch defaults ship",
+                                    trial_indices=tuple(indices))
+            assert trial.samples_per_s is not None
+            rates.append(trial.samples_per_s)
+            spreads.append(trial.spread or 0.0)
+    result = decide(a_rates, b_rates, spreads, min_gain)
+    for index in indices:
+        runner.set_verdict(runner.trials[index], result.verdict.split(":")[0])
+    log.info("confirmation: %s", result.verdict)
+    return _with(result, indices)
+
+
+def _with(result: Confirmation, indices: list[int]) -> Confirmation:
+    from dataclasses import replace
+
+    return replace(result, trial_indices=tuple(indices))
