@@ -4,11 +4,13 @@ reports avx512_bf16 may or may not run oneDNN's bf16 kernels faster than
 fp32 (it depends on the microarchitecture and on AMX); this probe is the
 evidence behind the tuner's bf16 trials on the machine it ran on.
 
-    python benchmarks/bf16_probe.py      # writes benchmarks/results/cpu_bf16_probe.json
+    python benchmarks/bf16_probe.py      # writes runs/benchmarks/cpu_bf16_probe.json
+    python benchmarks/bf16_probe.py --out benchmarks/results/cpu_bf16_probe.json
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 import time
@@ -19,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import RESULTS, loadavg, wait_for_quiet, write_json  # noqa: E402
+from common import DEFAULT_OUT, loadavg, wait_for_quiet, write_json  # noqa: E402
 
 
 def median_ms(fn, repeats: int = 15) -> float:
@@ -32,10 +34,17 @@ def median_ms(fn, repeats: int = 15) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from autotune.detect import detect
 
-    load = wait_for_quiet(0.5, 600)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "cpu_bf16_probe.json",
+                        help="the result file (default %(default)s; the committed one is "
+                             "benchmarks/results/cpu_bf16_probe.json)")
+    parser.add_argument("--max-load", type=float, default=0.5)
+    parser.add_argument("--max-wait", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    load = wait_for_quiet(args.max_load, args.max_wait)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     x, w = torch.randn(64, 128, 16, 16), torch.randn(128, 128, 3, 3)
     xc, wc = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
@@ -53,12 +62,13 @@ def main() -> int:
     for name, ms in results.items():
         print(f"{name:42s} {ms:8.2f} ms")
     hardware = detect()
-    write_json(RESULTS / "cpu_bf16_probe.json", {
+    write_json(args.out, {
         "command": " ".join(shlex.quote(v) for v in [sys.executable, *sys.argv]),
         "cpu": hardware.cpu.brand, "cpu_flags": list(hardware.cpu.flags),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "loadavg_before": load, "loadavg_after": loadavg(),
         "median_ms": results})
+    print(f"wrote {args.out}")
     return 0
 
 

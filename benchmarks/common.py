@@ -13,7 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+#: The committed results. Scripts write here only when asked (--out
+#: benchmarks/results); by default they write to DEFAULT_OUT, which git ignores.
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "runs" / "benchmarks"
 
 
 def loadavg() -> list[float] | None:

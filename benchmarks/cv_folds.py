@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, loadavg, wait_for_quiet, write_json  # noqa: E402
+from common import DEFAULT_OUT, loadavg, wait_for_quiet, write_json  # noqa: E402
 
 MODES = ("sequential", "loky", "threading", "plugin")
 
@@ -139,7 +139,9 @@ def main() -> None:
     parser.add_argument("--max-wait", type=float, default=300.0)
     parser.add_argument("--max-busy", type=float, default=10.0,
                         help="CPU %% busy (all cores) above which a measurement waits")
-    parser.add_argument("--out", type=Path, default=RESULTS / "cv_folds.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "cv_folds.json",
+                        help="the result file (default %(default)s; the committed one is "
+                             "benchmarks/results/cv_folds.json)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

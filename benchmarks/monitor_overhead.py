@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, loadavg, wait_for_quiet, write_json  # noqa: E402
+from common import DEFAULT_OUT, loadavg, wait_for_quiet, write_json  # noqa: E402
 
 from autotune import detect  # noqa: E402
 from autotune.telemetry import Sampler, TrainingMonitor  # noqa: E402
@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--max-wait", type=float, default=180.0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "monitor_overhead.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "monitor_overhead.json",
+                        help="the result file (default %(default)s; the committed one is "
+                             "benchmarks/results/monitor_overhead.json)")
     args = parser.parse_args()
 
     load_before = wait_for_quiet(args.max_load, args.max_wait)
