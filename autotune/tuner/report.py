@@ -215,8 +215,9 @@ class TuningReport:
             lines.append("interrupted: nothing unconfirmed ships (a winner confirmed before "
                          "Ctrl-C does); the next call continues the search")
         elif self.budget_exhausted:
-            lines.append(f"the budget of {self.budget_s:g} s ran out: candidates left untried "
-                         "are marked skipped (or stopped); the next call continues the search")
+            lines.append(f"the budget of {self.budget_s:g} s did not fit every candidate: "
+                         "those are marked skipped (not started) or stopped; the next call "
+                         "continues the search")
         if self.cache_error:
             lines.append(f"not cached: {self.cache_error}")
         return "\n".join(textwrap.fill(line, width, subsequent_indent="  ") for line in lines)

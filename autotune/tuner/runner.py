@@ -110,15 +110,17 @@ class TrialRunner:
                     worst = max(worst, knob.first_step_cost)
         return worst
 
-    def estimate(self, config: Config, options: TrialOptions | None = None) -> float:
-        """Seconds a trial of ``config`` will likely take, from the trials so far."""
+    def estimate(self, config: Config, options: TrialOptions | None = None,
+                 cached: bool = False) -> float:
+        """Seconds a trial of ``config`` will likely take, from the trials so
+        far; ``cached``: as if its compiled code were cached already."""
         eager = self._eager_wall if self._eager_wall is not None else FIRST_TRIAL_GUESS_S
         if options is not None and options is not self.options:
             # A shorter trial: the share of the steps it runs.
             full = self.options.warmup_steps + self.options.chunks
             eager = eager * (options.warmup_steps + options.chunks) / max(1, full)
         factor = self.costly(config)
-        if not factor:
+        if not factor or cached:
             return eager
         if config.key() in self._compiled_keys:
             return eager  # its compiled code is still cached

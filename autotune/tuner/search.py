@@ -167,6 +167,10 @@ class Search:
         self._adoptions = 0
         #: True once the budget stopped the search; nothing more is tried.
         self.out_of_budget = False
+        #: A candidate was left untried (or stopped) for the budget: the
+        #: search is partial, and its group is not marked done.
+        self.budget_skipped = False
+        self._skipped_in_step = False
 
     # -- what is left ------------------------------------------------------------
     @property
@@ -174,7 +178,8 @@ class Search:
         """Every step ran and the winner was confirmed (or nothing beat the
         baseline): a result to cache as final."""
         return (self.baseline_trial is not None and self.baseline_trial.ok
-                and not self.out_of_budget and not self.runner.budget_exhausted
+                and not self.out_of_budget and not self.budget_skipped
+                and not self.runner.budget_exhausted
                 and (self.incumbent_config.key() == self.runner.baseline.key()
                      or (self.confirmation is not None and self.confirmation.decided)))
 
@@ -186,22 +191,24 @@ class Search:
 
     def confirm_reserve(self, config: Config) -> float:
         """Seconds kept back so that ``config``, should it win, can be
-        confirmed against the baseline (one interleaved pair)."""
-        if not self.options.confirm_pairs:
-            return 0.0
+        confirmed against the baseline (one interleaved pair; a compiled
+        winner's code is still cached then, so it costs an eager trial)."""
         short = self.options.trial.shorter()
         return (self.runner.estimate(self.runner.baseline, short)
-                + self.runner.estimate(config, short))
+                + self.runner.estimate(config, short, cached=True))
 
     def _affordable(self, config: Config) -> bool:
         return self.runner.affordable(config, reserve=self.confirm_reserve(config))
 
     def _skip_for_budget(self, config: Config, role: str) -> None:
-        self.out_of_budget = True
-        self.runner.budget_exhausted = True
+        """Leave ``config`` untried. The search goes on with cheaper
+        candidates unless not even an eager trial fits any more."""
+        self.budget_skipped = self._skipped_in_step = True
         self.runner.skip(config, role, "budget left is too short for this trial (time is kept "
                          "to confirm the winner)" if self.runner.remaining() > 0
                          else "budget ran out")
+        if not self._affordable(self.runner.baseline):
+            self.out_of_budget = True
 
     # -- steps -----------------------------------------------------------------
     def run_baseline(self) -> Trial:
@@ -269,8 +276,9 @@ class Search:
     def _step(self, group: Group, name: str, role: str) -> None:
         if name in self._done or self.out_of_budget:
             return
+        self._skipped_in_step = False
         self._search_group(group, role)
-        if not self.out_of_budget:
+        if not self.out_of_budget and not self._skipped_in_step:
             self._finish(name)
 
     def _finish(self, name: str) -> None:
@@ -337,7 +345,7 @@ class Search:
                 continue
             trial = self.runner.measure(config, role)
             if trial.status is Status.STOPPED:
-                self.out_of_budget = True
+                self.out_of_budget = self.budget_skipped = True
                 continue
             measured.append((config, trial))
         incumbent = self.incumbent
