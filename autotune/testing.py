@@ -5,8 +5,9 @@
   :func:`a100_box`, :func:`rtx4090_box` and :func:`cpu_laptop` are ready-made
   ones with the real specifications of those parts.
 * :func:`plugin_manager` gives a :class:`~autotune.manager.PluginManager`
-  that loads the built-ins (and the plugin objects you pass) but no
-  third-party entry points, so a test sees the same plugins everywhere.
+  that loads the built-ins (and the plugin objects you pass) and neither
+  loads nor lists third-party entry points, so a test sees the same plugins
+  everywhere, whatever else is installed.
 * :class:`HookRecorder` is a plugin that records every hook call it gets.
 * :func:`requires` returns a pytest skip mark with a readable reason.
 
@@ -169,11 +170,27 @@ def cpu_laptop() -> Hardware:
 # -- plugins -------------------------------------------------------------------
 
 
+class _BuiltinsOnly(PluginManager):
+    """A manager that does not see third-party entry points at all.
+
+    ``autoload=False`` alone still lists an installed plugin (as "not
+    autoloaded", in the plan's ``disabled``) and keeps its name taken, so
+    passing that same plugin as an object would be refused.
+    """
+
+    @staticmethod
+    def _entry_points() -> tuple[dict[str, Any], dict[str, Any]]:
+        builtin, _third_party = PluginManager._entry_points()
+        return builtin, {}
+
+
 def plugin_manager(*, disable: Iterable[str] = (), plugins: Iterable[Any] = (),
                    strict: bool = False) -> PluginManager:
     """A manager with the built-ins and ``plugins``, without third-party
-    entry points: what an installed package adds cannot change a test."""
-    return PluginManager(disable=disable, plugins=plugins, strict=strict, autoload=False)
+    entry points: what an installed package adds cannot change a test. An
+    installed plugin is not even listed, so your test can pass it (or its
+    source) in ``plugins`` and get exactly that object."""
+    return _BuiltinsOnly(disable=disable, plugins=plugins, strict=strict, autoload=False)
 
 
 @dataclass(frozen=True)

@@ -163,16 +163,28 @@ def test_a_worker_that_dies_is_reported_and_finished_folds_are_kept(tmp_path):
         assert (tmp_path / f"fold_{fold.fold:03d}.json").exists()
 
 
-def test_default_schedule_times_a_fold_before_starting_workers():
-    from autotune.plugins.parallel_folds import cpu_concurrency
+def test_default_schedule_times_a_fold_before_starting_workers(monkeypatch):
+    import autotune.cv.runner as runner
+    from autotune.plugins.parallel_folds import MIN_FOLD_SECONDS_FOR_WORKERS, cpu_concurrency
 
+    timed = []
+
+    def estimate(task, *args, **kwargs) -> float:
+        # The real timing runs (and sees a real fold), but what the schedule
+        # decides from must not depend on how busy this machine is.
+        timed.append(real_estimate(task, *args, **kwargs))
+        return MIN_FOLD_SECONDS_FOR_WORKERS / 3
+
+    real_estimate = runner.estimate_fold_seconds
+    monkeypatch.setattr(runner, "estimate_fold_seconds", estimate)
     result = autotune.cross_validate(tiny_mlp, toy_dataset(), max_steps=1, **COMMON)
     cores = autotune.detect().cpu.worker_budget
     setting = result.plan.setting("parallel_folds", "max_concurrent")
     if cpu_concurrency(cores)[0] > 1:
-        # One step of a tiny MLP: far too short to pay for worker processes.
+        # A fold shorter than MIN_FOLD_SECONDS_FOR_WORKERS: not worth worker processes.
+        assert len(timed) == 1 and timed[0] > 0
         assert result.backend == "sequential" and result.concurrency == 1
-        assert setting.source is Source.MEASURED and "a fold takes about" in setting.reason
+        assert setting.source is Source.MEASURED and "a fold takes about 0.50 s" in setting.reason
     assert result.ok and setting.value == result.concurrency
 
 

@@ -4,7 +4,10 @@ user setting kept, the CPU quota respected, worker crashes made clear."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,10 +26,12 @@ OTHERS = ("threads", "mixed_precision", "accumulation", "clipping", "channels_la
 class Numbers(Dataset):
     """Sample i is (features, i): batches say exactly which samples they hold."""
 
-    def __init__(self, n: int = 30, crash_at: int | None = None) -> None:
-        # Every worker that reaches sample crash_at dies: a lone surviving
-        # worker would hold up the loader's shutdown for torch's 5 s join timeout.
-        self.n, self.crash_at = n, crash_at
+    def __init__(self, n: int = 30, crash_at: int | None = None,
+                 once: Path | None = None) -> None:
+        # A worker that reaches sample crash_at kills itself with SIGKILL, as
+        # the OOM killer would. With ``once``, only the first one does (it
+        # leaves that file behind); otherwise every worker that gets there.
+        self.n, self.crash_at, self.once = n, crash_at, once
 
     def __len__(self) -> int:
         return self.n
@@ -34,8 +39,18 @@ class Numbers(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self.crash_at is not None and index >= self.crash_at and \
                 torch.utils.data.get_worker_info() is not None:
-            os._exit(3)  # the worker process dies, as when the OOM killer strikes
+            if self.once is None or not self.once.exists():
+                if self.once is not None:
+                    self.once.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
         return torch.full((4,), float(index)), index % 3
+
+
+class BadSample(Numbers):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == 5:
+            raise RuntimeError("bad sample 5")
+        return super().__getitem__(index)
 
 
 def samples_of(loader) -> list[int]:
@@ -129,13 +144,61 @@ def test_worker_count_respects_the_cpu_quota() -> None:
     assert any("capped at the 1 cores" in e.message for e in tuned.report.of_kind("warning"))
 
 
+#: torch reports a dead worker as "exited unexpectedly" (its own check) or
+#: "is killed by signal" (its SIGCHLD handler), whichever notices first.
+DIED = r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal).* HINT: .*num_workers"
+
+
+def _engine(tuned):
+    return tuned.engine(torch.optim.SGD(tuned.model.parameters(), lr=0.01),
+                        nn.functional.cross_entropy, progress=False)
+
+
+def _new_children(before) -> list:
+    return [p for p in multiprocessing.active_children() if p not in before]
+
+
 def test_a_crashed_worker_is_a_clear_error() -> None:
+    # The signal that reports the death can arrive at any line of the main
+    # process (next(), the training step, the shutdown): always TrainingError.
+    before = multiprocessing.active_children()
     tuned = apply_with(DataLoader(Numbers(16, crash_at=8), batch_size=4), num_workers=2)
-    model = tuned.model
-    with tuned.engine(torch.optim.SGD(model.parameters(), lr=0.01),
-                      nn.functional.cross_entropy, progress=False) as engine:
-        with pytest.raises(TrainingError, match=r"DataLoader worker failed in epoch 1 .*"
-                                                r"num_workers=2.*exited unexpectedly"):
+    with _engine(tuned) as engine:
+        with pytest.raises(TrainingError, match=r"DataLoader worker failed in epoch 1 while "
+                                                r"loading batch \d \(loader with num_workers=2\)"
+                                                r": " + DIED) as info:
+            engine.fit(tuned.loader)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert _new_children(before) == []  # the other worker is gone too, not left to a late gc
+
+
+def test_a_crashed_worker_in_evaluation_is_a_clear_error() -> None:
+    tuned = apply_with(DataLoader(Numbers(16, crash_at=8), batch_size=4), num_workers=2)
+    with _engine(tuned) as engine:
+        with pytest.raises(TrainingError, match=r"DataLoader worker failed in evaluation .*" + DIED):
+            engine.evaluate(tuned.loader)
+
+
+def test_persistent_workers_start_afresh_after_a_crash(tmp_path) -> None:
+    loader = DataLoader(Numbers(16, crash_at=8, once=tmp_path / "crashed"), batch_size=4)
+    tuned = apply_with(loader, num_workers=2, persistent_workers=True)
+    assert tuned.loader.persistent_workers
+    with _engine(tuned) as engine:
+        with pytest.raises(TrainingError, match=DIED):
+            engine.fit(tuned.loader)
+        assert (tmp_path / "crashed").exists()
+        # The dead workers are not reused: the next epoch gets new ones.
+        assert engine.fit(tuned.loader)[-1].samples == 16
+    del engine, tuned
+    gc.collect()
+
+
+def test_an_error_in_the_dataset_is_the_users_own() -> None:
+    # torch re-raises it from the worker with its type and "Caught RuntimeError
+    # in DataLoader worker process 0": not a dead worker, so no TrainingError.
+    tuned = apply_with(DataLoader(BadSample(16), batch_size=4), num_workers=2)
+    with _engine(tuned) as engine:
+        with pytest.raises(RuntimeError, match="bad sample 5"):
             engine.fit(tuned.loader)
 
 

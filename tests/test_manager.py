@@ -85,6 +85,18 @@ def test_autoload_env_keeps_third_party_out(third_party, monkeypatch):
     assert set(plan.plugins()) == set(BUILTIN_PLUGINS)  # built-ins still load
 
 
+def test_the_testing_manager_neither_loads_nor_lists_installed_plugins(third_party):
+    # What autotune.testing.plugin_manager gives a test does not depend on
+    # what else is installed, and an installed plugin can be tested as an object.
+    plan = make_plan(hardware=cpu_laptop(), manager=plugin_manager()).plan
+    assert third_party not in plan and third_party not in plan.disabled
+    assert third_party not in {i.name for i in plugin_manager().plugin_infos()}
+    own = plugin_module(third_party, autotune_configure=hookimpl(
+        lambda: {"level": default(5, "the test's own copy")}))
+    plan = make_plan(hardware=cpu_laptop(), manager=plugin_manager(plugins=[own])).plan
+    assert plan.get(third_party, "level") == 5
+
+
 def test_disabling_a_third_party_plugin_never_imports_it(tmp_path, monkeypatch):
     install_fake_distribution(tmp_path, "boom-plugin", "boom_plugin",
                               "raise RuntimeError('imported!')\n", "boom")

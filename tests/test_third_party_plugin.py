@@ -18,6 +18,7 @@ import shutil
 import site
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -111,15 +112,24 @@ def test_autoload_off_keeps_it_out(venv_python):
         r["name"] for r in rows if r["origin"] == "builtin"}
 
 
-def test_the_main_environment_does_not_have_it():
-    assert importlib.util.find_spec("autotune_seed") is None
+def test_the_throw_away_install_stays_out_of_the_main_environment(venv_python):
+    # autotune-seed may be installed here too (the README suggests it), but
+    # never from the test's virtual environment.
+    venv_root = venv_python.parents[2].resolve()  # the fixture's directory: sources + venv
+    spec = importlib.util.find_spec("autotune_seed")
+    assert spec is None or venv_root not in Path(spec.origin).resolve().parents
+    for dist in metadata.distributions():
+        if dist.metadata["Name"] == "autotune-seed":
+            location = Path(dist.locate_file("")).resolve()
+            assert location != venv_root and venv_root not in location.parents
 
 
 # -- the plugin's own behaviour, in-process (loaded from its source file) --------------
 
 
 def _load_seed_module():
-    name = "_autotune_seed_from_source"  # not "autotune_seed": that one must stay uninstalled
+    # Not "autotune_seed": an installed copy of that name may exist.
+    name = "_autotune_seed_from_source"
     spec = importlib.util.spec_from_file_location(name, EXAMPLE / "autotune_seed" / "__init__.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class is made
