@@ -80,8 +80,9 @@ def test_installed_plugin_is_listed(venv_python):
 
 def test_installed_plugin_contributes_to_the_plan(venv_python):
     data = json.loads(autotune(venv_python, "plan", "--json", "--set", "seed.seed=1234").stdout)
+    # A plugin that describes no knobs (autotune_knobs) has speed settings.
     assert data["plugins"]["seed"]["seed"] == {"value": 1234, "source": "override",
-                                               "reason": "set by the user"}
+                                               "reason": "set by the user", "effect": "speed"}
     deterministic = data["plugins"]["seed"]["deterministic"]
     assert deterministic["value"] is False and deterministic["source"] == "default"
     assert "slower" in deterministic["reason"]
