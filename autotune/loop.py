@@ -194,6 +194,12 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
     length = _length(loader)
     limit = length if steps_left is None else (steps_left if length is None
                                                else min(length, steps_left))
+    # A whole epoch runs the iterator to its end, as `for batch in loader`
+    # does: a sampler draws its next permutation only when resumed past its
+    # last index, so stopping at len(loader) would shuffle the next epoch
+    # differently from plain PyTorch. Only max_steps cuts an epoch short.
+    stop_at = None if steps_left is None or (length is not None and steps_left >= length) \
+        else limit
     loss_sum = torch.zeros((), device=engine.device)
     batches = samples = 0
     data_wait = 0.0
@@ -207,7 +213,7 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
             contextlib.closing(batch_bar):
         iterator = iter(loader)
         iterators.append(iterator)
-        while limit is None or batches < limit:
+        while stop_at is None or batches < stop_at:
             fetch_start = time.perf_counter()
             try:
                 batch = next(iterator)
