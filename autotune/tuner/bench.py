@@ -32,7 +32,7 @@ from autotune.tuner.candidates import Config
 from autotune.tuner.grid import grid_configs, measure_grid
 from autotune.tuner.report import Trial, TuningReport
 from autotune.tuner.runner import TrialRunner, Workbench
-from autotune.tuner.search import Search, SearchOptions
+from autotune.tuner.search import Search, SearchOptions, search_groups
 from autotune.tuner.state import Snapshot
 from autotune.tuner.trial import TrialOptions
 from autotune.tuner.tuning import tune
@@ -203,6 +203,39 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
     return BenchResult(spec.name, spec.description, str(target), result.report,
                        tuple(grid_trials), tuple(headlines), machine,
                        time.perf_counter() - started)
+
+
+def confirm_configs(workload: str | ReferenceWorkload,
+                    contenders: list[tuple[str, Mapping[str, Mapping[str, Any]]]], *,
+                    rounds: int = 3, device: str | None = None, seed: int = 0,
+                    trial: TrialOptions | None = None, progress: bool = False) -> list[Headline]:
+    """Measure configurations (``{plugin: {key: value}}``, e.g. the winners
+    of two searches with different budgets) back to back on a fresh build of
+    ``workload``, interleaved, ``rounds`` times: medians that share the
+    machine's conditions. "defaults" is always measured first."""
+    from autotune.api import resolve_device
+    from autotune.tuner.candidates import baseline_config, searched_plugins
+
+    spec = get_workload(workload) if isinstance(workload, str) else workload
+    model, loader, optimizer = spec.build(seed)
+    target = resolve_device(device)
+    model.to(target)
+    planned = make_plan(workload=Workload.inspect(model, loader, optimizer))
+    context = replace(planned.context, workload=replace(planned.context.workload, loader=loader))
+    knobs = planned.manager.knobs(context, planned.plan)
+    groups = search_groups(planned.plan, context, target.type, knobs)
+    baseline = baseline_config(planned.plan, knobs, searched_plugins(knobs, groups))
+    bench = Workbench(model, loader, optimizer, spec.loss_fn, planned.plan, context,
+                      planned.manager, target, knobs)
+    snapshot = Snapshot.capture(model, optimizer, loader)
+    runner = TrialRunner(bench, snapshot, baseline,
+                         options=trial or TrialOptions(chunk_s=1.0), progress=progress)
+    try:
+        configs = [("defaults", baseline)] + [(name, Config(values)) for name, values in contenders]
+        return _confirm(runner, configs, rounds)
+    finally:
+        snapshot.restore()
+        runner.close()
 
 
 def short_label(changes: Mapping[str, Mapping[str, Any]], width: int = 64) -> str:

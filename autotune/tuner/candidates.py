@@ -120,6 +120,12 @@ def phase_of(plugin: str, knobs: Knobs) -> str | None:
     return LOADER if any(k.phase == LOADER for k in searchable) else STEP
 
 
+def searched_plugins(knobs: Knobs, groups: Iterable["Group"]) -> list[str]:
+    """The plugins a baseline covers: every one that describes its knobs,
+    and every searched group's (third-party plugins without knobs)."""
+    return list(dict.fromkeys([*knobs, *(g.plugin for g in groups)]))
+
+
 def baseline_config(plan: Plan, knobs: Knobs, searched: Iterable[str] = ()) -> Config:
     """PyTorch defaults for the ``searched`` plugins: each knob's ``off``
     value; the planned values of keys without a knob (third-party plugins

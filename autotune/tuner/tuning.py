@@ -31,7 +31,8 @@ from autotune.plan import Plan, _kind
 from autotune.tuner.budget import Budget
 from autotune.tuner.cache import (TuningCache, batch_signature, loader_signature, make_key,
                                   model_signature, optimizer_signature)
-from autotune.tuner.candidates import Config, baseline_config, planned_config, searched_keys
+from autotune.tuner.candidates import (Config, baseline_config, planned_config, searched_keys,
+                                       searched_plugins)
 from autotune.tuner.report import TuningReport
 from autotune.tuner.runner import TrialRunner, Workbench
 from autotune.tuner.search import Search, SearchOptions, SearchState, search_groups
@@ -163,7 +164,7 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     context = replace(context, workload=replace(context.workload, loader=loader))
     knobs = manager.knobs(context, plan)
     groups = search_groups(plan, context, target.type, knobs, options.only)
-    searched = list(dict.fromkeys([*knobs, *(g.plugin for g in groups)]))
+    searched = searched_plugins(knobs, groups)
     baseline = baseline_config(plan, knobs, searched)
     snapshot = Snapshot.capture(model, optimizer, loader)
     try:

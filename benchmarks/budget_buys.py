@@ -1,0 +1,153 @@
+"""What a budget buys: autotune.apply with a short and a long budget on the
+same workload, then both picks measured back to back against PyTorch
+defaults, interleaved, in one run.
+
+    python benchmarks/budget_buys.py                        # cnn, budgets 60 and 150
+    python benchmarks/budget_buys.py --workload mlp --budget 20 --budget 60
+
+Each search runs in a fresh process with an empty tuning cache and an empty
+torch compiler (inductor) cache, as a first call on a new machine would, so
+neither search profits from the other's compilation. The searches are
+``autotune.apply(model, loader, optimizer=..., loss_fn=..., budget_s=B)`` as a
+user calls it; the wall time of that call is recorded and checked against
+the budget plus the stated tolerance. Then one process measures defaults and
+each budget's pick (--rounds, interleaved, medians). Targets: the shortest
+budget's pick reaches >= 0.97 of the longest budget's pick, and every apply
+returns within budget + tolerance. The exit code is 1 when one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DEFAULT_OUT, Disturbance, loadavg, wait_for_quiet, write_json  # noqa: E402
+
+TARGET_SHORT_VS_LONG = 0.97
+
+
+def child_search(workload: str, budget: float, out: Path) -> None:
+    """One apply() in this (fresh) process; writes what it chose."""
+    import torch  # noqa: F401 - imported before timing, as a user's script would
+
+    import autotune
+    from autotune.workloads import get_workload
+
+    spec = get_workload(workload)
+    model, loader, optimizer = spec.build(0)
+    started = time.monotonic()
+    tuned = autotune.apply(model, loader, optimizer=optimizer, loss_fn=spec.loss_fn,
+                           budget_s=budget, device="cpu")
+    wall = time.monotonic() - started
+    report = tuned.tuning
+    out.write_text(json.dumps({"budget_s": budget, "apply_wall_s": wall,
+                               "winner_settings": report.winner_settings,
+                               "winner_label": report.winner.label if report.winner else None,
+                               "report": report.to_dict()}, default=str))
+
+
+def child_confirm(workload: str, picks: Path, rounds: int, out: Path) -> None:
+    from autotune.tuner.bench import confirm_configs
+
+    chosen = json.loads(picks.read_text())
+    headlines = confirm_configs(workload, [(name, values) for name, values in chosen],
+                                rounds=rounds)
+    out.write_text(json.dumps([h.to_dict() for h in headlines]))
+
+
+def run_child(args: list[str], env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, __file__, *args], check=True, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="cnn", choices=["cnn", "transformer", "mlp"])
+    parser.add_argument("--budget", type=float, action="append",
+                        help="seconds; repeatable (default: 60 and 150)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved confirmation rounds")
+    parser.add_argument("--max-load", type=float, default=0.5)
+    parser.add_argument("--max-wait", type=float, default=600.0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "budget_buys.json",
+                        help="the result file (default %(default)s; the committed one is "
+                             "benchmarks/results/budget_buys.json)")
+    parser.add_argument("--child-search", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-confirm", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_search:
+        child_search(args.child_search[0], float(args.child_search[1]), Path(args.child_search[2]))
+        return 0
+    if args.child_confirm:
+        workload, picks, rounds, out = args.child_confirm
+        child_confirm(workload, Path(picks), int(rounds), Path(out))
+        return 0
+
+    from autotune.tuner.bench import machine_facts
+    from autotune.tuner.budget import TOLERANCE_S
+
+    budgets = sorted(args.budget or [60.0, 150.0])
+    load_before = wait_for_quiet(args.max_load, args.max_wait)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    watch = Disturbance()
+    searches = []
+    with tempfile.TemporaryDirectory(prefix="budget-buys-") as scratch:
+        for budget in budgets:
+            print(f"== apply(budget_s={budget:g}) on {args.workload}, cold caches", flush=True)
+            cold = Path(tempfile.mkdtemp(dir=scratch))
+            env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(cold / "autotune"),
+                   "TORCHINDUCTOR_CACHE_DIR": str(cold / "inductor"), "AUTOTUNE_PROGRESS": "0"}
+            result = cold / "search.json"
+            run_child(["--child-search", args.workload, str(budget), str(result)], env)
+            search = json.loads(result.read_text())
+            print(f"  apply took {search['apply_wall_s']:.1f} s; picked "
+                  f"{search['winner_label']}", flush=True)
+            searches.append(search)
+        picks = Path(scratch) / "picks.json"
+        picks.write_text(json.dumps([(f"{s['budget_s']:g} s pick", s["winner_settings"])
+                                     for s in searches]))
+        confirmed = Path(scratch) / "confirmed.json"
+        print(f"== defaults and the picks back to back, {args.rounds} rounds", flush=True)
+        run_child(["--child-confirm", args.workload, str(picks), str(args.rounds),
+                   str(confirmed)], {**os.environ, "AUTOTUNE_PROGRESS": "0"})
+        headlines = json.loads(confirmed.read_text())
+    rate = {h["name"]: h["samples_per_s"] for h in headlines}
+    short, long = f"{budgets[0]:g} s pick", f"{budgets[-1]:g} s pick"
+    ratio = (rate[short] / rate[long]) if rate.get(short) and rate.get(long) else None
+    checks = {"short_vs_long": {"target": TARGET_SHORT_VS_LONG, "measured": ratio,
+                                "met": ratio is not None and ratio >= TARGET_SHORT_VS_LONG}}
+    for search in searches:
+        limit = search["budget_s"] + TOLERANCE_S
+        checks[f"apply_within_{search['budget_s']:g}s"] = {
+            "target": limit, "measured": search["apply_wall_s"],
+            "met": search["apply_wall_s"] <= limit}
+    record = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+              "started": started, "loadavg_before": load_before, "loadavg_after": loadavg(),
+              "foreign_cpu_share": watch.share(), "machine": machine_facts(),
+              "workload": args.workload, "searches": searches, "headlines": headlines,
+              "targets": checks}
+    write_json(args.out, record)
+    print("\n".join(f"  {h['name']:>12}: {h['samples_per_s']:.1f} samples/s "
+                    f"({h['samples_per_s'] / rate['defaults']:.2f}x defaults)  {h['label']}"
+                    for h in headlines if h.get("samples_per_s")))
+    missed = []
+    for name, check in checks.items():
+        shown = "-" if check["measured"] is None else f"{check['measured']:.2f}"
+        print(f"  target {name}: {shown} vs {check['target']} "
+              f"({'met' if check['met'] else 'NOT met'})")
+        if not check["met"]:
+            missed.append(name)
+    print(f"  wrote {args.out}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
