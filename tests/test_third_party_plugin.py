@@ -75,14 +75,14 @@ def test_installed_plugin_is_listed(venv_python):
     out = autotune(venv_python, "plugins").stdout
     row = next(line for line in out.splitlines() if line.startswith("seed "))
     assert "autotune-seed 0.1.0" in row and "enabled" in row
-    assert "configure,detect,setup_engine" in row
+    assert "configure,detect,knobs,setup_engine" in row
 
 
 def test_installed_plugin_contributes_to_the_plan(venv_python):
     data = json.loads(autotune(venv_python, "plan", "--json", "--set", "seed.seed=1234").stdout)
-    # A plugin that describes no knobs (autotune_knobs) has speed settings.
+    # Its knobs (autotune_knobs) say reseeding changes training: the plan says so.
     assert data["plugins"]["seed"]["seed"] == {"value": 1234, "source": "override",
-                                               "reason": "set by the user", "effect": "speed"}
+                                               "reason": "set by the user", "effect": "training"}
     deterministic = data["plugins"]["seed"]["deterministic"]
     assert deterministic["value"] is False and deterministic["source"] == "default"
     assert "slower" in deterministic["reason"]
@@ -177,11 +177,34 @@ def test_seed_plugin_warns_about_cublas_on_cuda(tmp_path):
     (tmp_path / "rtx5080_7950x.yaml").write_text(
         "name: rtx5080_7950x\nextends: generic_cuda\nmatch: {gpu_name: RTX 5080}\n"
         "plugins:\n  seed: {deterministic: true}\n")
-    plan = make_plan(hardware=rtx5080_7950x(), profile_dirs=[tmp_path],
+    plan = make_plan(hardware=rtx5080_7950x(), profile_dirs=[tmp_path], profile="rtx5080_7950x",
                      manager=plugin_manager(plugins=[seed])).plan
     setting = plan.setting("seed", "deterministic")
     assert setting.value is True and setting.source.value == "profile"
     assert "CUBLAS_WORKSPACE_CONFIG=:4096:8" in setting.reason
+    # Matched rather than chosen, the profile cannot change the numerics.
+    matched = make_plan(hardware=rtx5080_7950x(), profile_dirs=[tmp_path],
+                        manager=plugin_manager(plugins=[seed])).plan
+    assert matched.get("seed", "deterministic") is False
+    assert matched.setting("seed", "deterministic").reason.startswith("not measured")
+
+
+def test_installed_alone_the_seed_plugin_changes_nothing():
+    """Its knobs say reseeding changes training: off unless asked, so the
+    RNG streams stay the user's."""
+    seed = _load_seed_module()
+    planned = make_plan(hardware=cpu_laptop(),
+                        manager=plugin_manager(plugins=[seed], disable=BUILTIN_PLUGINS))
+    assert planned.plan.get("seed", "seed") is None
+    assert planned.plan.setting("seed", "seed").effect.value == "training"
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    engine = _ClosingEngine()
+    planned.manager.setup_engine(engine, planned.plan)
+    assert torch.equal(torch.rand(3), expected)  # not reseeded
+    assert torch.are_deterministic_algorithms_enabled() is False
+    engine.close()
 
 
 def test_a_bad_option_for_the_plugin_is_a_profile_error(tmp_path):

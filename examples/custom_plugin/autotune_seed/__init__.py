@@ -8,8 +8,13 @@ is all it takes for ``autotune plugins`` and ``autotune plan`` to show it, and
 Profile options (``plugins: seed:`` in a profile YAML)::
 
     seed:
-      seed: 1234           # the seed for random, numpy and torch (all devices)
+      seed: 1234           # the seed for random, numpy and torch (all devices); null: no reseeding
       deterministic: true  # torch.use_deterministic_algorithms + cudnn.deterministic
+
+Reseeding changes the random streams a run trains with, so this plugin says
+so (``autotune_knobs``: ``seed`` changes training, ``deterministic`` the
+numerics) and autotune keeps both off unless the user sets them or chooses
+by name a profile that does: installing the plugin changes nothing by itself.
 
 Hooks it implements:
 
@@ -17,6 +22,8 @@ Hooks it implements:
   deterministic cuBLAS needs (it must be set before CUDA starts, so the plugin
   can only report it, not fix it);
 * ``autotune_configure`` -- proposes ``seed`` and ``deterministic`` with reasons;
+* ``autotune_knobs`` -- says what each of them is: PyTorch's behaviour without
+  the plugin (no reseeding, non-deterministic kernels) and what a change changes;
 * ``autotune_setup_engine`` -- seeds every RNG and switches deterministic kernels
   on or off when the training engine is built, and restores the previous
   deterministic flags when the engine closes.
@@ -31,6 +38,7 @@ from typing import Any, Callable, Mapping
 
 from autotune import hookimpl
 from autotune.errors import ProfileError
+from autotune.knobs import Effect, Knob
 from autotune.plan import Setting, default, from_profile
 
 NAME = "seed"
@@ -41,7 +49,7 @@ CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
 
 @dataclass(frozen=True)
 class Options:
-    seed: int = 0
+    seed: int | None = None
     deterministic: bool = False
 
 
@@ -52,8 +60,9 @@ def parse_options(values: Mapping[str, Any]) -> Options:
         raise ProfileError(f"unknown option(s) {unknown} for plugin {NAME!r}; "
                            f"known options: {sorted(known)}")
     options = Options(**values)
-    if not isinstance(options.seed, int) or isinstance(options.seed, bool) or options.seed < 0:
-        raise ProfileError(f"seed.seed must be an integer >= 0, got {options.seed!r}")
+    if options.seed is not None and (not isinstance(options.seed, int)
+                                     or isinstance(options.seed, bool) or options.seed < 0):
+        raise ProfileError(f"seed.seed must be an integer >= 0 or null, got {options.seed!r}")
     return options
 
 
@@ -63,7 +72,8 @@ def propose(hardware: Any, profile_options: Mapping[str, Any],
     given = dict(profile_options)
     options = parse_options(given)
     seed = (from_profile(options.seed, f"profile sets seed {options.seed}") if "seed" in given
-            else default(options.seed, "a fixed seed makes runs repeatable"))
+            else default(None, "no reseeding: the random streams are the user's; set a seed "
+                               "to make runs repeatable"))
     if "deterministic" in given:
         deterministic = from_profile(options.deterministic, "profile sets deterministic")
     else:
@@ -74,6 +84,12 @@ def propose(hardware: Any, profile_options: Mapping[str, Any],
                                 + f"; set {CUBLAS_ENV}=:4096:8 before starting Python, "
                                   "or deterministic cuBLAS calls raise")
     return {"seed": seed, "deterministic": deterministic}
+
+
+@hookimpl
+def autotune_knobs() -> dict[str, Knob]:
+    return {"seed": Knob(off=None, effect=Effect.TRAINING),
+            "deterministic": Knob(off=False, effect=Effect.NUMERICS)}
 
 
 @hookimpl
@@ -130,5 +146,7 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     values = plan.values(NAME)
     if not values:  # disabled: leave every RNG and flag alone
         return
-    seed_everything(int(values["seed"]))
-    engine.on_close(set_deterministic(bool(values["deterministic"])))
+    if values.get("seed") is not None:
+        seed_everything(int(values["seed"]))
+    if values.get("deterministic"):
+        engine.on_close(set_deterministic(True))
