@@ -216,8 +216,8 @@ class Search:
         self.baseline_trial = trial
         if trial.ok:
             self.incumbent = self.runner.set_verdict(trial, "reference (PyTorch defaults)")
-        elif trial.status is Status.STOPPED:
-            self.out_of_budget = True
+        else:
+            self._stopped(trial)
         return trial
 
     def resume_incumbent(self) -> None:
@@ -232,6 +232,7 @@ class Search:
             self._skip_for_budget(config, "resumed")
             return
         trial = self.runner.measure(config, "resumed")
+        self._stopped(trial)
         self._decide([(config, trial)], "resumed")
 
     def try_planned(self, planned: Config) -> None:
@@ -243,6 +244,8 @@ class Search:
             return
         self._pending_role = "planned"
         trial = self.runner.measure(planned, "planned")
+        if self._stopped(trial):
+            return
         self._pending = [(planned, trial)]
         self._decide(self._pending, "planned")
         self._pending = []
@@ -272,6 +275,13 @@ class Search:
     def _resumed_pass(self, number: int) -> bool:
         """A continued search finishes a pass an earlier call had started."""
         return any(step.endswith(f"@{number}") for step in self._done)
+
+    def _stopped(self, trial: Trial) -> bool:
+        """A trial the budget stopped ends the search (and leaves it partial)."""
+        if trial.status is Status.STOPPED:
+            self.out_of_budget = self.budget_skipped = True
+            return True
+        return False
 
     def _step(self, group: Group, name: str, role: str) -> None:
         if name in self._done or self.out_of_budget:
@@ -344,8 +354,7 @@ class Search:
                 self._skip_for_budget(config, role)
                 continue
             trial = self.runner.measure(config, role)
-            if trial.status is Status.STOPPED:
-                self.out_of_budget = self.budget_skipped = True
+            if self._stopped(trial):
                 continue
             measured.append((config, trial))
         incumbent = self.incumbent
@@ -397,8 +406,7 @@ class Search:
             # guarantee when the machine's load changes between trials.
             if again.ok and (again.samples_per_s or 0) > (reference.samples_per_s or 0):
                 reference = again
-            if again.status is Status.STOPPED:
-                self.out_of_budget = True
+            self._stopped(again)
             self.runner.set_verdict(again, f"re-measured #{self.incumbent.index} before "
                                     f"adopting #{best.index}")
         elif wants_recheck:
