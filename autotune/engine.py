@@ -260,6 +260,10 @@ class Engine:
         try:
             return run()
         except Exception as compiled_error:  # noqa: BLE001 - any compile failure
+            from autotune.loop import is_worker_failure
+
+            if is_worker_failure(compiled_error) or isinstance(compiled_error, TrainingError):
+                raise  # a loader worker died during the step: not the compiler's fault
             compiled, fallback = self.model, self._fallback
             self.model, self._fallback = fallback.model, None
             if phase == "training" and self._window_count == 0:

@@ -43,13 +43,19 @@ def _length(loader: Iterable[Any]) -> int | None:
         return None
 
 
+def is_worker_failure(exc: BaseException) -> bool:
+    """True when ``exc`` is torch saying a DataLoader worker died or hung
+    (it can surface at any line of the training step, from a signal handler)."""
+    return isinstance(exc, RuntimeError) and bool(_WORKER_FAILURE.search(str(exc)))
+
+
 def _loader_error(exc: BaseException, loader: Any, epoch: int | None,
                   batch: int) -> TrainingError | None:
     """``exc`` as a :class:`TrainingError` with the hint when it says a
     loader worker died or hung; None for any other exception. ``epoch`` is
     None in evaluation."""
     message = str(exc)
-    if not isinstance(exc, RuntimeError) or not _WORKER_FAILURE.search(message):
+    if not is_worker_failure(exc):
         return None
     workers = getattr(loader, "num_workers", "?")
     first = (message.strip().splitlines() or [""])[0]

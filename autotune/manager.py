@@ -183,6 +183,10 @@ class PluginManager:
         self._infos[name] = PluginInfo(name, origin, "failed", _one_line(str(exc)))
 
     def _register(self, name: str, origin: str, load: Callable[[], Any]) -> None:
+        if self._infos.get(name, PluginInfo(name, "", "")).status == "not autoloaded":
+            # An installed plugin that was not loaded does not hold its name:
+            # the same plugin passed as an object (a test, a notebook) may.
+            del self._infos[name]
         if name in self._infos:
             # Two plugins with one name: keep the first (built-ins come first),
             # so a third-party package cannot silently replace a built-in.

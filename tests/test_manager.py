@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -367,3 +368,26 @@ def test_context_options_for_strip_reserved_keys():
     context = Context(hardware=rtx5080_7950x(), profile=profile)
     assert context.options_for("dataloader")["num_workers"] == [10, 18]
     assert "enabled" not in context.options_for("compile")
+
+
+def test_a_plugin_not_autoloaded_does_not_hold_its_name(tmp_path, monkeypatch) -> None:
+    """With autoload off, the same plugin passed as an object (a test, a
+    notebook) takes the name of the installed one that was not loaded."""
+    from importlib import metadata
+
+    (tmp_path / "installed_knob.py").write_text(
+        "from autotune import hookimpl\nNAME = 'knob'\n"
+        "@hookimpl\ndef autotune_configure(context):\n    return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    installed = metadata.EntryPoint("knob", "installed_knob", "autotune")
+    monkeypatch.setattr(PluginManager, "_entry_points",
+                        staticmethod(lambda: ({}, {"knob": installed})))
+    import installed_knob
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "already taken" warning
+        manager = PluginManager(autoload=False, plugins=[installed_knob]).load()
+    info = next(i for i in manager.plugin_infos() if i.name == "knob")
+    assert (info.origin, info.status) == ("object", "loaded")
+    not_loaded = PluginManager(autoload=False).load()
+    assert next(i for i in not_loaded.plugin_infos() if i.name == "knob").status == "not autoloaded"
