@@ -5,7 +5,7 @@ Profile options::
     threads:
       intra_op: 16     # torch.set_num_threads
       inter_op: null   # torch.set_num_interop_threads (null: leave as is)
-      set_env: true    # export OMP_NUM_THREADS / MKL_NUM_THREADS for child processes
+      set_env: false   # export OMP_NUM_THREADS / MKL_NUM_THREADS for child processes
 
 The rule: one intra-op thread per physical core this process may use
 (hyper-threads share the FPU and rarely help dense math). The engine
@@ -33,7 +33,7 @@ NAME = "threads"
 class Options:
     intra_op: int | None = None
     inter_op: int | None = None
-    set_env: bool = True
+    set_env: bool = False
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,
@@ -51,7 +51,8 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
     inter = (from_profile(options.inter_op, "profile sets inter_op") if "inter_op" in given
              else default(None, "PyTorch's default inter-op pool"))
     env = (from_profile(options.set_env, "profile sets set_env") if "set_env" in given
-           else default(True, "child processes (loader workers) inherit OMP/MKL thread counts"))
+           else default(False, "child processes read OMP/MKL thread counts as they find them "
+                               "(DataLoader workers use one thread each anyway)"))
     return {"intra_op": intra, "inter_op": inter, "set_env": env}
 
 

@@ -78,6 +78,8 @@ class TrialRunner:
         self.by_key: dict[str, Trial] = {}
         self._skipped: set[str] = set()
         self._eager_wall: float | None = None
+        #: The slowest eager trial so far: its shape prices shorter trials.
+        self._eager_trial: Measurement | None = None
         self._eager_first_step: float | None = None
         self._costly_extra: float | None = None
         self._bar = bar(None, "tuning", enabled=progress_enabled(progress), unit="trial")
@@ -115,10 +117,13 @@ class TrialRunner:
         """Seconds a trial of ``config`` will likely take, from the trials so
         far; ``cached``: as if its compiled code were cached already."""
         eager = self._eager_wall if self._eager_wall is not None else FIRST_TRIAL_GUESS_S
-        if options is not None and options is not self.options:
-            # A shorter trial: the share of the steps it runs.
-            full = self.options.warmup_steps + self.options.chunks
-            eager = eager * (options.warmup_steps + options.chunks) / max(1, full)
+        shape = self._eager_trial
+        if options is not None and options is not self.options and shape is not None:
+            # A shorter trial costs its share of the steps the measured one ran
+            # (chunks of the same length: steps' time does not change).
+            chunk_steps = max(1, shape.chunk_steps)
+            short_steps = max(1, options.warmup_steps) + options.min_chunks * chunk_steps
+            eager = eager * min(1.0, short_steps / max(1, shape.steps))
         factor = self.costly(config)
         if not factor or cached:
             return eager
@@ -197,6 +202,8 @@ class TrialRunner:
                     extra = measurement.wall_s - (self._eager_wall or 0.0)
                     self._costly_extra = max(self._costly_extra or 0.0, extra)
         elif measurement.ok:
+            if self._eager_wall is None or measurement.wall_s >= self._eager_wall:
+                self._eager_trial = measurement
             self._eager_wall = max(self._eager_wall or 0.0, measurement.wall_s)
             if measurement.first_step_s is not None and self._eager_first_step is None:
                 self._eager_first_step = measurement.first_step_s

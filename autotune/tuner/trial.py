@@ -116,6 +116,8 @@ class Measurement:
     spread: float | None = None
     chunk_rates: tuple[float, ...] = ()
     steps: int = 0
+    #: Micro-steps per timed chunk (``steps`` minus the chunks' is warm-up).
+    chunk_steps: int = 0
     #: Warm-up: from the start of fit to the end of the last warm-up step.
     warmup_s: float | None = None
     #: The first step alone (loader start and compilation dominate it).
@@ -405,5 +407,5 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
     step_ms = statistics.median(d / timer.chunk_steps for d in timer.durations) * 1000
     return Measurement(Status.OK, samples_per_s=rate, step_ms=step_ms,
                        spread=spread_of(timer.rates), chunk_rates=tuple(timer.rates),
-                       steps=timer.steps, warmup_s=timer.warmup_s,
+                       steps=timer.steps, chunk_steps=timer.chunk_steps, warmup_s=timer.warmup_s,
                        first_step_s=timer.first_step_s, wall_s=wall, events=events)
