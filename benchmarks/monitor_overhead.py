@@ -64,7 +64,7 @@ def record_step_us(count: int) -> float:
     return 1e6 * elapsed / count
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--interval", type=float, default=1.0)
@@ -120,7 +120,8 @@ def main() -> None:
           f"{'met' if overhead < TARGET_PERCENT_OF_CORE else 'NOT met'}; "
           f"load before {load_before}, after {loadavg()}")
     print(f"wrote {args.out}")
+    return 0 if overhead < TARGET_PERCENT_OF_CORE else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

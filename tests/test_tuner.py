@@ -67,7 +67,7 @@ def test_a_faster_candidate_is_confirmed_then_enters_the_plan(clock: FakeClock) 
     assert setting.value == "plain" and setting.source is Source.MEASURED
     assert "3.00x PyTorch defaults, confirmed back to back" in setting.reason
     roles = [t.role for t in report.trials]
-    assert roles.count("recheck") == 1  # the incumbent was re-measured before adopting
+    assert "recheck" not in roles  # a clear win: no second look before the confirmation
     # A B A B: the baseline and the winner measured again, interleaved.
     assert [r for r in roles if r.startswith("confirm")] == ["confirm A1", "confirm B1",
                                                              "confirm A2", "confirm B2"]
@@ -78,6 +78,17 @@ def test_a_faster_candidate_is_confirmed_then_enters_the_plan(clock: FakeClock) 
     data = json.loads(report.to_json())
     assert data["winner_settings"] == {"knob": {"mode": "plain"}}
     assert data["confirmation"]["shipped"] is True
+
+
+def test_a_borderline_win_re_measures_the_incumbent_first(clock: FakeClock) -> None:
+    # 2.5 % faster: beyond the 2 % margin, within twice it.
+    knob = Costly(clock, default="plain", alternatives=("close",),
+                  schedule={"close": lambda nth: COSTS["plain"] / 1.025})
+    report = tune_fake(knob, clock=clock).report
+    roles = [t.role for t in report.trials]
+    assert roles.index("recheck") == roles.index("knob") + 1
+    assert trial_for(report, "close").verdict.startswith("adopted: beat #")
+    assert report.confirmation.shipped and report.confirmation.gain == pytest.approx(1.025)
 
 
 def test_a_candidate_slower_when_confirmed_never_ships(clock: FakeClock) -> None:

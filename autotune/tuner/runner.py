@@ -77,8 +77,8 @@ class TrialRunner:
         self.trials: list[Trial] = []
         self.by_key: dict[str, Trial] = {}
         self._skipped: set[str] = set()
-        self._eager_wall: float | None = None
-        #: The slowest eager trial so far: its shape prices shorter trials.
+        #: The slowest eager trial so far: it prices eager trials, and its
+        #: shape (steps, chunk length) prices shorter ones.
         self._eager_trial: Measurement | None = None
         self._eager_first_step: float | None = None
         self._costly_extra: float | None = None
@@ -116,8 +116,8 @@ class TrialRunner:
                  cached: bool = False) -> float:
         """Seconds a trial of ``config`` will likely take, from the trials so
         far; ``cached``: as if its compiled code were cached already."""
-        eager = self._eager_wall if self._eager_wall is not None else FIRST_TRIAL_GUESS_S
         shape = self._eager_trial
+        eager = shape.wall_s if shape is not None else FIRST_TRIAL_GUESS_S
         if options is not None and options is not self.options and shape is not None:
             # A shorter trial costs its share of the steps the measured one ran
             # (chunks of the same length: steps' time does not change).
@@ -192,6 +192,9 @@ class TrialRunner:
                  f"{trial.samples_per_s:.1f} samples/s" if trial.ok else trial.reason)
         return trial
 
+    def _eager_wall(self) -> float:
+        return self._eager_trial.wall_s if self._eager_trial is not None else 0.0
+
     def _learn(self, measurement: Measurement, costly: bool, config: Config) -> None:
         if measurement.status not in (Status.OK, Status.DISQUALIFIED):
             return
@@ -199,12 +202,11 @@ class TrialRunner:
             if measurement.ok:
                 self._compiled_keys.add(config.key())
                 if measurement.warmup_s is not None:
-                    extra = measurement.wall_s - (self._eager_wall or 0.0)
+                    extra = measurement.wall_s - self._eager_wall()
                     self._costly_extra = max(self._costly_extra or 0.0, extra)
         elif measurement.ok:
-            if self._eager_wall is None or measurement.wall_s >= self._eager_wall:
+            if self._eager_trial is None or measurement.wall_s >= self._eager_trial.wall_s:
                 self._eager_trial = measurement
-            self._eager_wall = max(self._eager_wall or 0.0, measurement.wall_s)
             if measurement.first_step_s is not None and self._eager_first_step is None:
                 self._eager_first_step = measurement.first_step_s
 
@@ -212,7 +214,7 @@ class TrialRunner:
         self.budget.exhausted = True
         if costly:
             # It ran this long without finishing: at least this much.
-            self._costly_extra = max(self._costly_extra or 0.0, wall - (self._eager_wall or 0.0))
+            self._costly_extra = max(self._costly_extra or 0.0, wall - self._eager_wall())
 
     def _run(self, config: Config, plan: Plan, changed: frozenset[str], options: TrialOptions,
              costly: bool) -> Measurement:

@@ -10,8 +10,9 @@ Strategy (coordinate descent over plugin groups, ordered by priors):
    for candidates *given the incumbent* (``autotune_candidates``);
    candidates the hardware cannot run well are pruned; every remaining one
    is measured on top of the incumbent; the fastest is adopted only if it
-   beats the incumbent beyond noise (see :func:`beats`), after re-measuring
-   the incumbent (``recheck``) when the budget allows.
+   beats the incumbent beyond noise (see :func:`beats`); a borderline win
+   (within twice the margin) first re-measures the incumbent (``recheck``)
+   when the budget allows.
 4. **Loader groups** are measured end to end with the chosen step
    settings, then the threads group is revisited if the number of loader
    workers changed (they share cores).
@@ -61,7 +62,8 @@ class SearchOptions:
     #: A candidate must beat the incumbent's median by more than this
     #: fraction, and by more than either trial's own spread.
     min_gain: float = 0.02
-    #: Re-measure the incumbent before adopting a candidate.
+    #: Re-measure the incumbent before adopting a candidate whose win is
+    #: borderline (within twice the noise margin).
     recheck: bool = True
     #: Search only these plugins' candidates (None: every plugin with a prior).
     only: tuple[str, ...] | None = None
@@ -396,7 +398,13 @@ class Search:
                 self.runner.set_verdict(other, f"beat #{self.incumbent.index}, but #{best.index} "
                                         "was faster")
         reference, needed = self.incumbent, gain
-        wants_recheck = recheck and self.options.recheck
+        # Re-measure the incumbent only when the win is borderline (within
+        # twice the noise margin): a clear win needs no second look here --
+        # the confirmation against the baseline guards what ships -- and the
+        # time is better spent on candidates and that confirmation.
+        won_by = best.samples_per_s / self.incumbent.samples_per_s - 1
+        borderline = won_by < 2 * margin(best, self.incumbent, gain)
+        wants_recheck = recheck and self.options.recheck and borderline
         if wants_recheck and self.runner.affordable(self.incumbent_config,
                                                     reserve=self.confirm_reserve(config)):
             again = self.runner.measure(self.incumbent_config, "recheck", force=True,
