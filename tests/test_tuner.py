@@ -91,6 +91,20 @@ def test_a_borderline_win_re_measures_the_incumbent_first(clock: FakeClock) -> N
     assert report.confirmation.shipped and report.confirmation.gain == pytest.approx(1.025)
 
 
+def test_a_tight_budget_confirms_with_the_winners_own_trial_between_two_baselines(clock) -> None:
+    """Room for baseline, one candidate and one short trial, not for a fresh
+    pair: the confirmation is A B A -- the search's baseline, the winner's
+    trial, a fresh baseline -- and the budget holds."""
+    knob = Costly(clock, default="plain", alternatives=("fast",))
+    report = tune_fake(knob, clock=clock, budget_s=0.22).report
+    roles = [t.role for t in report.trials if t.status is not Status.SKIPPED]
+    assert roles == ["baseline", "knob", "confirm A1"]
+    confirmation = report.confirmation
+    assert confirmation.shipped and confirmation.ratios == pytest.approx((2.0, 2.0))
+    assert confirmation.trial_indices == (0, 1, 2)
+    assert report.search_s <= 0.22
+
+
 def test_a_candidate_slower_when_confirmed_never_ships(clock: FakeClock) -> None:
     # Fast in its search trial (0.5x the baseline's step time), then 5x slower
     # than the baseline every time after: a quiet moment that crowned it.
@@ -322,7 +336,7 @@ def test_a_cut_short_search_continues_on_the_next_call(clock: FakeClock) -> None
     manager = plugin_manager(disable=BUILTIN_PLUGINS, plugins=[knob])
     objects = workload()
     model, loader, optimizer = objects
-    first = tune_fake(knob, clock=clock, budget_s=0.55, objects=objects)
+    first = tune_fake(knob, clock=clock, budget_s=0.4, objects=objects)
     assert not first.report.complete and first.report.skipped_trials()
     entry = json.loads(_cache_files()[0].read_text())
     assert entry["complete"] is False and entry["state"]["earlier_trials"] >= 1

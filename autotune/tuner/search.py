@@ -192,12 +192,16 @@ class Search:
                            tuple(sorted(self._losers)), earlier + measured)
 
     def confirm_reserve(self, config: Config) -> float:
-        """Seconds kept back so that ``config``, should it win, can be
-        confirmed against the baseline (one interleaved pair; a compiled
-        winner's code is still cached then, so it costs an eager trial)."""
+        """Seconds kept back before measuring ``config`` so that the winner
+        can be confirmed: one short baseline trial (should ``config`` win, its
+        own trial is the last one and A/B/A needs only that), plus one of the
+        incumbent when something else already won (should ``config`` lose, a
+        fresh pair is needed). A compiled winner's code is still cached then."""
         short = self.options.trial.shorter()
-        return (self.runner.estimate(self.runner.baseline, short)
-                + self.runner.estimate(config, short, cached=True))
+        reserve = self.runner.estimate(self.runner.baseline, short)
+        if self.incumbent_config.key() != self.runner.baseline.key():
+            reserve += self.runner.estimate(self.incumbent_config, short, cached=True)
+        return reserve
 
     def _affordable(self, config: Config) -> bool:
         return self.runner.affordable(config, reserve=self.confirm_reserve(config))
@@ -303,9 +307,11 @@ class Search:
             return
         if self.incumbent_config.key() == self.runner.baseline.key():
             return
+        measured = [t for t in self.runner.trials if t.status is not Status.SKIPPED]
+        last = measured[-1] if measured and measured[-1].index == self.incumbent.index else None
         self.confirmation = confirm(self.runner, self.incumbent_config,
                                     pairs=self.options.confirm_pairs,
-                                    min_gain=self.options.min_gain)
+                                    min_gain=self.options.min_gain, last=last)
         if not self.confirmation.decided:
             self.out_of_budget = True
         if not self.confirmation.shipped:

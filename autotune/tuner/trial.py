@@ -216,7 +216,7 @@ class ChunkTimer:
                 raise _NotAsPlanned(fallback)
             self.warmup_s = now - self._start
             last_step = max(now - self._last, 1e-6) if self.steps > 1 else max(now - self._start, 1e-6)
-            wanted = math.ceil(self.options.chunk_s / last_step)
+            wanted = math.ceil(self.options.chunk_s / last_step - 1e-6)  # 2.0000001 is 2
             wanted = min(max(wanted, self.options.min_chunk_steps), self.options.max_chunk_steps)
             self.chunk_steps = math.ceil(wanted / self.k) * self.k
             # Slow steps: fewer chunks, so a trial stays near max_timed_s.
