@@ -65,9 +65,9 @@ def autotune_configure(context: Context) -> dict[str, Setting]:
 def autotune_knobs() -> dict[str, Knob]:
     # Measured slower than eager on some models (benchmarks/results/
     # cpu_transformer.json: fp32 compile 0.81x), so never assumed.
-    # Compiling makes the first step about a dozen eager first steps long on
-    # the CPU workloads of autotune.workloads (ResNet-18: 59 s vs 3.2 s on a
-    # 2-core EPYC), plus start-up.
+    # Compiling makes the first step about a dozen eager first steps long:
+    # benchmarks/results/budget_buys_cnn.json, 150 s search, ResNet-18 on a
+    # 2-core EPYC with cold caches: 51.0 s compiled vs 3.1 s eager.
     return {"mode": Knob(off="off", measure_first=True, first_step_cost=12.0),
             "fullgraph": Knob(off=False)}
 

@@ -80,6 +80,15 @@ def test_a_faster_candidate_is_confirmed_then_enters_the_plan(clock: FakeClock) 
     assert data["confirmation"]["shipped"] is True
 
 
+def test_a_trial_met_again_in_a_later_pass_keeps_its_first_verdict(clock: FakeClock) -> None:
+    # Pass 2 offers "slow" on top of the winner "plain": that is the baseline
+    # itself, so its measurement is reused -- and stays the reference.
+    knob = Costly(clock, default="slow", alternatives=("plain", "slow"))
+    report = tune_fake(knob, clock=clock).report
+    assert report.winner_index == trial_for(report, "plain", role="knob").index
+    assert report.baseline.verdict == "reference (PyTorch defaults)"
+
+
 def test_a_borderline_win_re_measures_the_incumbent_first(clock: FakeClock) -> None:
     # 2.5 % faster: beyond the 2 % margin, within twice it.
     knob = Costly(clock, default="plain", alternatives=("close",),

@@ -161,6 +161,7 @@ class Search:
         #: (plugin, values) measured clearly slower than the incumbent, or
         #: failed: not retried in later passes.
         self._losers: set[tuple[str, str]] = set(resume.losers) if resume else set()
+        self._reused: set[int] = set()  # trials that competed again under another role
         #: The group being measured: (config, trial) pairs and its role, so
         #: Ctrl-C in the middle of a group can still settle what was measured.
         self._pending: list[tuple[Config, Trial]] = []
@@ -356,6 +357,9 @@ class Search:
         for config in self._candidates(group):
             known = self.runner.seen(config)
             if known is not None:
+                # Measured earlier in another role (the baseline, say): it
+                # competes again, but keeps the verdict it was given then.
+                self._reused.add(known.index)
                 measured.append((config, known))
                 continue
             if self.out_of_budget or not self._affordable(config):
@@ -435,6 +439,8 @@ class Search:
 
     def _kept(self, trial: Trial, incumbent: Trial) -> None:
         if trial.samples_per_s is None or incumbent.samples_per_s is None:
+            return
+        if trial.index in self._reused:
             return
         change = trial.samples_per_s / incumbent.samples_per_s - 1
         noise = margin(trial, incumbent, self.options.min_gain)
