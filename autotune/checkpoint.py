@@ -14,11 +14,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def engine_state(engine: "Engine") -> dict[str, Any]:
-    """Model, optimizer, scaler, scheduler, counters, history and plan."""
+    """Model, optimizer, the plugins' state (a GradScaler's), scheduler,
+    counters, history and plan."""
     return {
         "model": engine.module.state_dict(),
         "optimizer": engine.optimizer.state_dict(),
-        "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
+        "plugins": engine.plugin_checkpoint(),
         "scheduler": engine.scheduler.state_dict() if engine.scheduler is not None else None,
         "counters": {"micro_steps": engine.micro_steps,
                      "optimizer_steps": engine.optimizer_steps,
@@ -34,8 +35,7 @@ def load_engine_state(engine: "Engine", state: Mapping[str, Any]) -> None:
     try:
         engine.module.load_state_dict(state["model"])
         engine.optimizer.load_state_dict(state["optimizer"])
-        if engine.scaler is not None and state.get("scaler"):
-            engine.scaler.load_state_dict(state["scaler"])
+        engine.load_plugin_checkpoint(state.get("plugins") or {})
         if engine.scheduler is not None and state.get("scheduler"):
             engine.scheduler.load_state_dict(state["scheduler"])
         counters = state.get("counters") or {}

@@ -1,31 +1,30 @@
 """The shared training engine: the one place where a plan changes training.
 
-The engine itself knows no plugin. Its step behaviour has slots whose
-defaults are exactly plain PyTorch (no autocast, no loss scaling, one
-optimizer step per batch, no clipping, inputs as they come); each plugin's
-``autotune_setup_engine`` fills the slots it owns through the small API
-below (:meth:`Engine.set_precision`, :attr:`Engine.accumulation_steps`,
-:meth:`Engine.set_clipping`, :attr:`Engine.input_memory_format`,
-:meth:`Engine.set_eager_fallback`) and registers the undo of any global
-state with :meth:`Engine.on_close`. A disabled plugin fills nothing, so its
-part of training is PyTorch's default.
+The engine knows no plugin and has no slot for one. It runs forward, loss,
+backward and ``optimizer.step()`` exactly as a hand-written PyTorch loop
+does, and at each point of the step it calls the plugins' step hooks
+(``autotune_prepare_inputs``, ``autotune_forward_context``,
+``autotune_transform_loss``, ``autotune_window_size``,
+``autotune_before_optimizer_step``, ``autotune_optimizer_step``,
+``autotune_after_optimizer_step``, ``autotune_step_failed``; see
+:mod:`autotune.hookspecs`). With no plugin, or every plugin disabled, a
+step is bitwise plain PyTorch. One micro-batch::
 
-One step, for one micro-batch (``k`` = accumulation steps)::
-
+    inputs = prepare_inputs(move to device)
     with no_sync() unless last micro-batch of the window:   # DDP only
-        with autocast(dtype):                               # when set
+        with every forward_context:
             loss = loss_fn(model(inputs), targets)
-        scale(loss / window_size).backward()                # scale: fp16 only
-    every k-th micro-batch (and at the end of an epoch):
-        unscale; clip (record the pre-clip norm); step; update scale;
-        zero grads; step the scheduler unless the step was skipped
+        transform_loss(loss).backward()
+    when the window (window_size micro-batches) is full, or the epoch ends:
+        before_optimizer_step; optimizer_step or optimizer.step();
+        zero_grad; after_optimizer_step; the scheduler steps unless skipped
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
-from dataclasses import replace
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import torch
@@ -34,12 +33,41 @@ from autotune.batches import (count_samples, find_ddp, is_compiled, model_device
                               split_batch, unwrap_model)
 from autotune.errors import AutotuneError, TrainingError
 from autotune.history import History
-from autotune.plan import Plan, Setting, Source
+from autotune.plan import Plan, Source
 from autotune.progress import progress_enabled
 from autotune.report import Kind, Report
-from autotune.step import Clipping, EagerFallback, Monitor, clip_gradients, scale_gradients
+from autotune.step import Monitor, Recovery
 
 log = logging.getLogger("autotune.engine")
+
+
+#: The step hooks, called directly (not through pluggy's loop) so that the
+#: cost per step is one Python call per implementing plugin.
+STEP_HOOKS = (
+    "autotune_prepare_inputs", "autotune_forward_context", "autotune_transform_loss",
+    "autotune_window_size", "autotune_before_optimizer_step", "autotune_optimizer_step",
+    "autotune_after_optimizer_step", "autotune_step_failed", "autotune_epoch_start",
+    "autotune_epoch_end", "autotune_engine_state", "autotune_load_engine_state",
+    "autotune_describe_engine",
+)
+
+
+@dataclass(frozen=True)
+class _Impl:
+    plugin: str
+    hook: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+
+    def __call__(self, **kwargs: Any) -> Any:
+        try:
+            return self.function(**{a: kwargs[a] for a in self.argnames})
+        except (TrainingError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - name the plugin
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise TrainingError(f"plugin {self.plugin!r} failed in {self.hook}: "
+                                f"{type(exc).__name__}: {first}") from exc
 
 
 class Engine:
@@ -75,26 +103,17 @@ class Engine:
             self.device = torch.device(device)
             if model_device(model) != self.device:
                 unwrap_model(model).to(self.device)
-        # Step behaviour. These defaults are plain PyTorch; plugins change them.
-        self.autocast_dtype: torch.dtype | None = None
-        self.scaler: Any = None
-        self._accumulation_steps = 1
-        self.clipping: Clipping | None = None
-        self.input_memory_format: torch.memory_format | None = None
-        self._fallback: EagerFallback | None = None
         # Counters, over the engine's life.
         self.micro_steps = 0
         self.optimizer_steps = 0
         self.skipped_steps = 0
         self._window_count = 0
         self._window_size = 1
-        # Pre-clip gradient norms, summed on the device (no sync per step).
-        self._norm_sum = torch.zeros((), device=self.device)
-        self._norm_count = torch.zeros((), device=self.device)
-        self._last_norm: torch.Tensor | None = None
         self._last_samples = 0
         self._close_callbacks: list[Callable[[], None]] = []
         self._closed = False
+        self._plugin_state: dict[str, dict[str, Any]] = {}
+        self._hooks: dict[str, list[_Impl]] = {name: [] for name in STEP_HOOKS}
         if manager is None and self.plan.plugins():
             from autotune.manager import PluginManager
 
@@ -102,41 +121,19 @@ class Engine:
         self.manager = manager
         if manager is not None:
             try:
-                manager.setup_engine(self, self.plan)
+                self.plan = manager.setup_engine(self, self.plan)
+                for name in STEP_HOOKS:
+                    self._hooks[name] = [_Impl(plugin, name, function, tuple(args)) for
+                                         plugin, function, args in
+                                         manager.step_hooks(name, self.plan.plugins())]
             except BaseException:
                 self.close()
                 raise
 
-    # -- the API plugins use in autotune_setup_engine ------------------------
-    def set_precision(self, dtype: torch.dtype | None, *, scaler: Any = None) -> None:
-        """Autocast to ``dtype`` (``None``: off) and scale losses with ``scaler``."""
-        if dtype not in (None, torch.bfloat16, torch.float16):
-            raise AutotuneError(f"autocast dtype must be torch.bfloat16, torch.float16 or None, "
-                                f"got {dtype}")
-        self.autocast_dtype, self.scaler = dtype, scaler
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self._accumulation_steps
-
-    @accumulation_steps.setter
-    def accumulation_steps(self, steps: int) -> None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise AutotuneError(f"accumulation steps must be an integer >= 1, got {steps!r}")
-        if self._window_count:
-            raise TrainingError("cannot change accumulation steps in the middle of a window; "
-                                "call engine.flush() first")
-        self._accumulation_steps = steps
-
-    def set_clipping(self, max_norm: float | None, norm_type: float = 2.0,
-                     clip_value: float | None = None) -> None:
-        self.clipping = Clipping(max_norm, float(norm_type), clip_value)
-
-    def set_eager_fallback(self, eager_model: torch.nn.Module,
-                           on_fallback: Callable[[str], None]) -> None:
-        """Train ``eager_model`` instead when a forward or backward of
-        :attr:`model` raises; ``on_fallback(reason)`` is called once."""
-        self._fallback = EagerFallback(eager_model, on_fallback)
+    # -- what plugins use ------------------------------------------------------
+    def plugin_state(self, plugin: str) -> dict[str, Any]:
+        """A plugin's per-engine objects (created empty on first use)."""
+        return self._plugin_state.setdefault(plugin, {})
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` at :meth:`close` (last registered, first run)."""
@@ -149,14 +146,18 @@ class Engine:
     def revise_plan(self, plugin: str, values: Mapping[str, Any], reason: str) -> None:
         """Record in :attr:`plan` what training actually ran with, when it
         differs from what was planned (a fallback); observed at run time, so
-        the source is ``measured``."""
-        settings = {p: dict(keys) for p, keys in self.plan.settings.items()}
-        current = settings.setdefault(plugin, {})
-        for key, value in values.items():
-            old = current.get(key)
-            current[key] = (replace(old, value=value, source=Source.MEASURED, reason=reason)
-                            if old is not None else Setting(value, Source.MEASURED, reason))
-        self.plan = replace(self.plan, settings=settings)
+        the source is ``measured``. Delegates to :meth:`Plan.with_values`."""
+        self.plan = self.plan.with_values(plugin, values, Source.MEASURED, reason, force=True)
+
+    @property
+    def window_size(self) -> int:
+        """Micro-batches in the current optimizer-step window."""
+        return self._window_size
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches in a full window (what the plugins ask for)."""
+        return self._ask_window(None)
 
     # -- properties ------------------------------------------------------------
     @property
@@ -168,28 +169,24 @@ class Engine:
     def compiled(self) -> bool:
         return is_compiled(self.model)
 
-    @property
-    def last_grad_norm(self) -> float | None:
-        """Pre-clip gradient norm of the last optimizer step (clipping on)."""
-        return None if self._last_norm is None else float(self._last_norm)
-
     def describe(self) -> dict[str, Any]:
-        """The step behaviour in force, for logs and tests."""
-        return {
+        """The step behaviour in force, for logs and tests: the engine's
+        own facts and each plugin's ``autotune_describe_engine``."""
+        out: dict[str, Any] = {
             "device": str(self.device),
-            "autocast_dtype": None if self.autocast_dtype is None else str(self.autocast_dtype),
-            "grad_scaler": self.scaler is not None,
-            "accumulation_steps": self._accumulation_steps,
-            "clipping": None if self.clipping is None else vars(self.clipping).copy(),
-            "input_memory_format": None if self.input_memory_format is None
-            else str(self.input_memory_format),
+            "micro_batches_per_step": self.micro_batches_per_step,
             "compiled": self.compiled,
             "ddp": find_ddp(self.model) is not None,
+            "step_hooks": {name[len("autotune_"):]: [i.plugin for i in impls]
+                           for name, impls in self._hooks.items() if impls},
         }
+        for impl in self._hooks["autotune_describe_engine"]:
+            out.update(impl(engine=self) or {})
+        return out
 
     # -- one step ----------------------------------------------------------------
     def train_step(self, batch: Any) -> float:
-        """One micro-batch; the optimizer steps every ``accumulation_steps``.
+        """One micro-batch; the optimizer steps when the window is full.
         Call :meth:`flush` to step a window that ends early."""
         return float(self._micro_step(batch, remaining=None))
 
@@ -208,26 +205,55 @@ class Engine:
     def _prepare(self, batch: Any) -> tuple[Any, Any]:
         inputs, targets = split_batch(batch)
         non_blocking = self.device.type == "cuda"
-        inputs = move_to(inputs, self.device, non_blocking=non_blocking,
-                         memory_format=self.input_memory_format)
+        inputs = move_to(inputs, self.device, non_blocking=non_blocking)
         targets = move_to(targets, self.device, non_blocking=non_blocking)
+        for impl in self._hooks["autotune_prepare_inputs"]:
+            changed = impl(engine=self, inputs=inputs)
+            if changed is not None:
+                inputs = changed
         self._last_samples = count_samples(inputs, targets)
         return inputs, targets
 
-    def autocast(self) -> ContextManager[Any]:
-        """The autocast context of this engine (a no-op when precision is off)."""
-        if self.autocast_dtype is None:
+    def forward_context(self, training: bool = True) -> ContextManager[Any]:
+        """Every plugin's context for the forward pass (autocast, ...),
+        first plugin outermost; a no-op when none gives one."""
+        contexts = [c for c in (impl(engine=self, training=training)
+                                for impl in self._hooks["autotune_forward_context"])
+                    if c is not None]
+        if not contexts:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        if len(contexts) == 1:
+            return contexts[0]
+        stack = ExitStack()
+
+        class _All:
+            def __enter__(self_inner) -> Any:
+                for context in contexts:
+                    stack.enter_context(context)
+                return stack
+
+            def __exit__(self_inner, *exc: Any) -> Any:
+                return stack.__exit__(*exc)
+
+        return _All()
+
+    #: The name users of autocast know; the same contexts.
+    autocast = forward_context
+
+    def _ask_window(self, remaining: int | None) -> int:
+        for impl in self._hooks["autotune_window_size"]:
+            size = impl(engine=self, remaining=remaining)
+            if size is not None:
+                if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                    raise TrainingError(f"plugin {impl.plugin!r}: autotune_window_size must "
+                                        f"return an integer >= 1, got {size!r}")
+                return size
+        return 1
 
     def _micro_step(self, batch: Any, remaining: int | None) -> torch.Tensor:
         self._check_open()
         if self._window_count == 0:
-            # The loss is divided by the window's true size; fit() knows it
-            # (fewer batches may be left than k); train_step alone assumes k
-            # and flush() rescales a window that ends early.
-            k = self._accumulation_steps
-            self._window_size = k if remaining is None else max(1, min(k, remaining))
+            self._window_size = self._ask_window(remaining)
         if not self.model.training:
             self.model.train()
         inputs, targets = self._prepare(batch)
@@ -243,82 +269,78 @@ class Engine:
         ddp = find_ddp(self.model)
         skip_sync = ddp.no_sync() if ddp is not None and not sync else nullcontext()
         with skip_sync:
-            with self.autocast():
+            with self.forward_context(True):
                 loss = self.loss_fn(self.model(inputs), targets)
-            scaled = loss / self._window_size if self._window_size > 1 else loss
-            if self.scaler is not None:
-                scaled = self.scaler.scale(scaled)
-            scaled.backward()
+            differentiated = loss
+            for impl in self._hooks["autotune_transform_loss"]:
+                changed = impl(engine=self, loss=differentiated)
+                if changed is not None:
+                    differentiated = changed
+            differentiated.backward()
         return loss.detach()
 
     def _guarded(self, run: Callable[[], Any], phase: str) -> Any:
-        """Run ``run``; when an eager fallback is installed and it raises,
-        switch to the eager model and run it again. A failure of the eager
-        run is the user's own error and propagates unchanged."""
-        if self._fallback is None:
+        """Run ``run``; when it raises, a plugin may change the engine
+        (``autotune_step_failed``) and the step runs once more. Loader
+        worker failures and plugin errors are not recoverable here."""
+        if not self._hooks["autotune_step_failed"]:
             return run()
         try:
             return run()
-        except Exception as compiled_error:  # noqa: BLE001 - any compile failure
+        except Exception as error:  # noqa: BLE001 - offered to the plugins
             from autotune.loop import is_worker_failure
 
-            if is_worker_failure(compiled_error) or isinstance(compiled_error, TrainingError):
-                raise  # a loader worker died during the step: not the compiler's fault
-            compiled, fallback = self.model, self._fallback
-            self.model, self._fallback = fallback.model, None
+            if is_worker_failure(error) or isinstance(error, TrainingError):
+                raise
+            recovery: Recovery | None = None
+            for impl in self._hooks["autotune_step_failed"]:
+                recovery = impl(engine=self, error=error, phase=phase)
+                if recovery is not None:
+                    break
+            if recovery is None:
+                raise
             if phase == "training" and self._window_count == 0:
                 self.optimizer.zero_grad(set_to_none=True)
             try:
                 result = run()
             except Exception:
-                self.model, self._fallback = compiled, fallback  # not a compile problem
+                recovery.undo()
                 raise
-            first_line = (str(compiled_error).strip().splitlines() or [""])[0][:300]
-            fallback.on_fallback(f"{type(compiled_error).__name__} during {phase}: {first_line}")
+            first_line = (str(error).strip().splitlines() or [""])[0][:300]
+            recovery.done(f"{type(error).__name__} during {phase}: {first_line}")
             return result
 
-    def _params(self) -> list[torch.Tensor]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
     def _step_optimizer(self) -> None:
-        count, size = self._window_count, self._window_size
-        if count != size:
-            # A window that ended early was divided by more micro-batches than
-            # it had: scale its gradients to the mean over the true count.
-            scale_gradients(self._params(), size / count)
-        scaler = self.scaler
-        if scaler is not None and self.clipping is not None:
-            scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
-        if self.clipping is not None:
-            self._clip()
-        skipped = False
-        if scaler is not None:
-            before = scaler.get_scale()
-            scaler.step(self.optimizer)
-            scaler.update()
-            # GradScaler lowers its scale exactly when it found inf/NaN
-            # gradients and so skipped optimizer.step().
-            skipped = scaler.get_scale() < before
-        else:
+        count = self._window_count
+        for impl in self._hooks["autotune_before_optimizer_step"]:
+            impl(engine=self, optimizer=self.optimizer, micro_batches=count)
+        stepped: bool | None = None
+        for impl in self._hooks["autotune_optimizer_step"]:
+            stepped = impl(engine=self, optimizer=self.optimizer)
+            if stepped is not None:
+                break
+        if stepped is None:
             self.optimizer.step()
+            stepped = True
         self.optimizer.zero_grad(set_to_none=True)
         self._window_count = 0
         self.optimizer_steps += 1
+        skipped = not stepped
+        for impl in self._hooks["autotune_after_optimizer_step"]:
+            impl(engine=self, optimizer=self.optimizer, skipped=skipped)
         if skipped:
             self.skipped_steps += 1
         elif self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
 
-    def _clip(self) -> None:
-        assert self.clipping is not None
-        norm = clip_gradients(self._params(), self.clipping)
-        if norm is None:
-            return
-        norm = norm.detach().float()
-        finite = torch.isfinite(norm)  # fp16 steps that overflow have inf norms
-        self._norm_sum = self._norm_sum + torch.where(finite, norm, torch.zeros_like(norm))
-        self._norm_count = self._norm_count + finite
-        self._last_norm = norm
+    def _epoch_event(self, epoch: int, end: bool) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        name = "autotune_epoch_end" if end else "autotune_epoch_start"
+        for impl in self._hooks[name]:
+            result = impl(engine=self, epoch=epoch)
+            if end and result:
+                metrics.update(result)
+        return metrics
 
     # -- loops -------------------------------------------------------------------
     def fit(self, loader: Iterable[Any], epochs: int = 1, val_loader: Iterable[Any] | None = None,
@@ -358,6 +380,20 @@ class Engine:
         from autotune.checkpoint import load_engine_state
 
         load_engine_state(self, state)
+
+    def plugin_checkpoint(self) -> dict[str, Any]:
+        """Each plugin's ``autotune_engine_state``, by plugin name."""
+        out: dict[str, Any] = {}
+        for impl in self._hooks["autotune_engine_state"]:
+            state = impl(engine=self)
+            if state is not None:
+                out[impl.plugin] = dict(state)
+        return out
+
+    def load_plugin_checkpoint(self, states: Mapping[str, Any]) -> None:
+        for impl in self._hooks["autotune_load_engine_state"]:
+            if states.get(impl.plugin) is not None:
+                impl(engine=self, state=states[impl.plugin])
 
     def save(self, path: str) -> None:
         torch.save(self.state_dict(), path)

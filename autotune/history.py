@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -24,7 +24,7 @@ class EpochMetrics:
     #: Epoch time (without validation) / batches.
     avg_batch_time_s: float
     samples_per_s: float
-    #: Samples per optimizer step: batch size x accumulation steps.
+    #: Samples per optimizer step: batch size x micro-batches per step.
     effective_batch_size: int
     #: Optimizer steps the fp16 GradScaler skipped (inf/NaN gradients).
     skipped_steps: int
@@ -33,8 +33,11 @@ class EpochMetrics:
     batches: int = 0
     samples: int = 0
     optimizer_steps: int = 0
-    #: Mean pre-clip gradient norm when clipping is on; ``None`` otherwise.
+    #: Mean pre-clip gradient norm when a plugin records it (clipping on);
+    #: ``None`` otherwise.
     grad_norm: float | None = None
+    #: Other per-epoch metrics plugins return from ``autotune_epoch_end``.
+    extra: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def data_wait_fraction(self) -> float:

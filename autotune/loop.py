@@ -210,7 +210,7 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
     batches = samples = 0
     data_wait = 0.0
     skipped_before, steps_before = engine.skipped_steps, engine.optimizer_steps
-    norm_sum_before, norm_count_before = engine._norm_sum, engine._norm_count
+    engine._epoch_event(epoch, end=False)
     batch_bar = bar(limit, f"epoch {epoch}", enabled=show)
     last_postfix = 0.0
     effective = 0
@@ -231,7 +231,7 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
             step_end = time.perf_counter()
             n = engine._last_samples
             if batches == 0:
-                effective = n * engine.accumulation_steps
+                effective = n * engine.micro_batches_per_step
             loss_sum += loss.float() * n
             batches += 1
             samples += n
@@ -247,11 +247,10 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
         engine.flush()  # a partial last window is stepped at the end of the epoch
         _synchronize(engine.device)
         elapsed = time.perf_counter() - started  # before the workers shut down
+    extra = engine._epoch_event(epoch, end=True)
     if batches == 0:
         raise TrainingError(f"epoch {epoch}: the loader yielded no batches")
-    norm_count = int(engine._norm_count - norm_count_before)
-    grad_norm = (float(engine._norm_sum - norm_sum_before) / norm_count
-                 if engine.clipping is not None and norm_count else None)
+    grad_norm = extra.pop("grad_norm", None)
     metrics = EpochMetrics(
         epoch=epoch,
         train_loss=float(loss_sum) / samples,
@@ -265,7 +264,8 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
         batches=batches,
         samples=samples,
         optimizer_steps=engine.optimizer_steps - steps_before,
-        grad_norm=grad_norm,
+        grad_norm=None if grad_norm is None else float(grad_norm),
+        extra={k: float(v) for k, v in extra.items()},
     )
     return metrics, batches
 
@@ -286,7 +286,7 @@ def run_evaluate(engine: "Engine", loader: Iterable[Any],
                 n = engine._last_samples
 
                 def forward() -> tuple[Any, torch.Tensor]:
-                    with engine.autocast():
+                    with engine.forward_context(False):
                         outputs = engine.model(inputs)
                         return outputs, engine.loss_fn(outputs, targets)
 

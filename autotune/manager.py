@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import re
 import os
 import warnings
@@ -46,6 +47,7 @@ BUILTIN_PLUGINS = (
     "clipping",
     "channels_last",
     "compile",
+    "optimizer",
     "dataloader",
     "parallel_folds",
 )
@@ -292,14 +294,25 @@ class PluginManager:
         order = {n: i for i, n in enumerate(self._infos)}
         impls = [i for i in caller.get_hookimpls()
                  if not (getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False))]
-        return sorted(impls, key=lambda i: order.get(i.plugin_name, len(order)))
+        # pluggy's markers decide first and last; registration order (the
+        # built-ins' documented order, then third-party plugins) the rest.
+        return sorted(impls, key=lambda i: (0 if i.tryfirst else 2 if i.trylast else 1,
+                                            order.get(i.plugin_name, len(order))))
 
     def _call_each(self, hook_name: str, kwargs: Mapping[str, Any],
-                   only: Iterable[str] | None = None) -> Iterable[tuple[str, Any]]:
+                   only: Iterable[str] | None = None,
+                   latest_first: bool = False) -> Iterable[tuple[str, Any]]:
         """Call every implementation of a hook separately, by keyword, so the
-        result is attributed to its plugin and a failure is contained."""
+        result is attributed to its plugin and a failure is contained.
+        ``latest_first``: the latest-registered plugin first (``tryfirst`` /
+        ``trylast`` still first / last), as pluggy orders a ``firstresult``
+        hook, so a third-party plugin's answer comes before a built-in's."""
         wanted = set(only) if only is not None else None
-        for impl in self._impls(hook_name):
+        impls = self._impls(hook_name)
+        if latest_first:
+            impls = sorted(reversed(impls),
+                           key=lambda i: 0 if i.tryfirst else 2 if i.trylast else 1)
+        for impl in impls:
             name = impl.plugin_name
             if wanted is not None and name not in wanted:
                 continue
@@ -394,8 +407,182 @@ class PluginManager:
                 self._fail(name, self._infos[name].origin, exc, "in autotune_candidates")
         return out
 
+    # -- the search space (measured tuning) ---------------------------------
+    def search_priors(self, context: Context, device_type: str,
+                      plugins: Iterable[str]) -> dict[str, tuple[float, str]]:
+        """``{plugin: (gain, reason)}`` from ``autotune_search_prior`` for
+        ``plugins``; a plugin without an answer is absent (the tuner gives it
+        its unknown prior). A malformed answer counts as that plugin failing."""
+        out: dict[str, tuple[float, str]] = {}
+        for name, result in self._call_each("autotune_search_prior",
+                                            {"context": context, "device_type": device_type},
+                                            plugins):
+            if result is None:
+                continue
+            try:
+                out[name] = _as_prior(result)
+            except (TypeError, ValueError) as exc:
+                self._fail(name, self._infos[name].origin, exc, "in autotune_search_prior")
+        return out
+
+    def prune_reason(self, context: Context, plugin: str, values: Mapping[str, Any],
+                     device_type: str) -> str | None:
+        """Why ``plugin``'s own ``autotune_prune_candidate`` says the
+        candidate ``values`` is not worth a trial here, or ``None``."""
+        kwargs = {"context": context, "values": dict(values), "device_type": device_type}
+        for name, result in self._call_each("autotune_prune_candidate", kwargs, [plugin]):
+            if result is None or result == "":
+                continue
+            if not isinstance(result, str):
+                self._fail(name, self._infos[name].origin,
+                           TypeError(f"autotune_prune_candidate must return a reason (str) or "
+                                     f"None, got {type(result).__name__}"),
+                           "in autotune_prune_candidate")
+                continue
+            return _one_line(result)
+        return None
+
+    def micro_batches(self, plan: Plan) -> int:
+        """Micro-batches per optimizer step under ``plan``: the first answer
+        of ``autotune_micro_batches`` among the plan's plugins, else 1."""
+        for name, result in self._call_each("autotune_micro_batches", {"plan": plan},
+                                            plan.plugins()):
+            if result is None:
+                continue
+            if isinstance(result, bool) or not isinstance(result, int) or result < 1:
+                self._fail(name, self._infos[name].origin,
+                           TypeError(f"autotune_micro_batches must return an integer >= 1 or "
+                                     f"None, got {result!r}"), "in autotune_micro_batches")
+                continue
+            return result
+        return 1
+
+    def batch_size_found(self, plan: Plan, context: Context, batch_size: int,
+                         effective_batch: int,
+                         largest_fitting: int | None = None) -> dict[str, dict[str, Setting]]:
+        """``{plugin: {key: Setting}}``: what each plugin in ``plan`` writes
+        into it to keep ``effective_batch`` with micro-batches of
+        ``batch_size`` (``autotune_batch_size_found``). Keys the plugin did
+        not propose count as that plugin failing."""
+        kwargs = {"plan": plan, "context": context, "batch_size": batch_size,
+                  "effective_batch": effective_batch,
+                  "largest_fitting": batch_size if largest_fitting is None else largest_fitting}
+        return self._own_settings("autotune_batch_size_found", kwargs, plan)
+
+    def _own_settings(self, hook_name: str, kwargs: Mapping[str, Any],
+                      plan: Plan) -> dict[str, dict[str, Setting]]:
+        """``{plugin: {key: Setting}}`` from a hook whose answer changes the
+        plugin's own settings; a key the plugin did not propose counts as
+        that plugin failing."""
+        out: dict[str, dict[str, Setting]] = {}
+        for name, result in self._call_each(hook_name, kwargs, plan.plugins()):
+            if not result:
+                continue
+            try:
+                settings = _as_settings(name, result)
+                unknown = sorted(set(settings) - set(plan.values(name)))
+                if unknown:
+                    raise TypeError(f"{hook_name} set key(s) {unknown} that "
+                                    f"{name} did not propose")
+                out[name] = settings
+            except TypeError as exc:
+                self._fail(name, self._infos[name].origin, exc, f"in {hook_name}")
+        return out
+
+    # -- overrides ---------------------------------------------------------
+    def with_overrides(self, context: Context, plan: Plan,
+                       overrides: Mapping[str, Mapping[str, Any]]) -> Plan:
+        """``plan.with_overrides(overrides)``, each checked against its
+        plugin's knob (:func:`autotune.knobs.check_overrides`), then
+        :meth:`follow_overrides`."""
+        from autotune.knobs import check_overrides
+
+        overridden = plan.with_overrides(overrides)
+        check_overrides(overrides, self.knobs(context, plan))
+        return self.follow_overrides(context, overridden, overrides)
+
+    def follow_overrides(self, context: Context, plan: Plan,
+                         overrides: Mapping[str, Mapping[str, Any]]) -> Plan:
+        """Each overridden plugin's ``autotune_follow_overrides`` on ``plan``
+        (which has the overrides in it): the settings that follow from an
+        overridden one are recomputed from the overridden value (a key the
+        user set stays as set). A malformed answer counts as that plugin
+        failing."""
+        for plugin, values in overrides.items():
+            kwargs = {"context": context, "plan": plan, "overrides": dict(values)}
+            for name, result in self._call_each("autotune_follow_overrides", kwargs, [plugin]):
+                if not result:
+                    continue
+                try:
+                    settings = _as_settings(name, result)
+                    unknown = sorted(set(settings) - set(plan.values(name)))
+                    if unknown:
+                        raise TypeError(f"autotune_follow_overrides set key(s) {unknown} that "
+                                        f"{name} did not propose")
+                except TypeError as exc:
+                    self._fail(name, self._infos[name].origin, exc, "in autotune_follow_overrides")
+                    continue
+                for key, setting in settings.items():
+                    if key in values:
+                        continue  # the user's word stands
+                    plan = plan.with_values(name, {key: setting.value}, setting.source,
+                                            setting.reason, force=True)
+        return plan
+
+    # -- resources ---------------------------------------------------------
+    def fold_schedule(self, context: Context, plan: Plan, **kwargs: Any) -> "tuple[str, Any] | None":
+        """``(plugin, FoldPlan)``: the first answer of ``autotune_fold_schedule``
+        among the loaded plugins the plan does not list as disabled (latest
+        loaded first), or ``None`` when none answers. ``kwargs`` are the
+        hook's other arguments. An answer that is not a FoldPlan counts as
+        that plugin failing, and the next one is asked."""
+        from autotune.resources import FoldPlan
+
+        asked = [n for n in self.names() if n not in plan.disabled]
+        call = {"context": context, "plan": plan, **kwargs}
+        for name, result in self._call_each("autotune_fold_schedule", call, asked,
+                                            latest_first=True):
+            if result is None:
+                continue
+            if not isinstance(result, FoldPlan):
+                self._fail(name, self._infos[name].origin,
+                           TypeError(f"autotune_fold_schedule must return an "
+                                     f"autotune.resources.FoldPlan or None, got "
+                                     f"{type(result).__name__}"), "in autotune_fold_schedule")
+                continue
+            try:
+                settings = _as_settings(name, result.settings)
+            except TypeError as exc:
+                self._fail(name, self._infos[name].origin, exc, "in autotune_fold_schedule")
+                continue
+            return name, replace(result, settings=settings)
+        return None
+
+    def resource_share(self, plan: Plan, context: Context,
+                       share: Any) -> dict[str, dict[str, Setting]]:
+        """``{plugin: {key: Setting}}``: how each plugin in ``plan`` changes
+        its own settings under ``share`` (``autotune_resource_share``); the
+        caller writes them into the plan (:func:`autotune.resources.share_plan`).
+        Keys the plugin did not propose count as that plugin failing."""
+        return self._own_settings("autotune_resource_share",
+                                  {"plan": plan, "context": context, "share": share}, plan)
+
+    def implementers(self, hook_name: str, plugins: Iterable[str] | None = None) -> list[str]:
+        """The plugins (among ``plugins``, default all loaded) that implement
+        ``hook_name`` and have not failed, in call order."""
+        wanted = set(plugins) if plugins is not None else None
+        return [i.plugin_name for i in self._impls(hook_name)
+                if (wanted is None or i.plugin_name in wanted)
+                and i.plugin_name not in self._failed]
+
+    def wrap_distributed(self, model: Any, plan: Plan, context: Context,
+                         report: Any = None) -> Any:
+        """``autotune_wrap_distributed`` of each plugin in ``plan``, each on
+        the previous result, starting from the DDP module."""
+        return self._chain("autotune_wrap_distributed", "model", model, plan, context, report)
+
     def _chain(self, hook_name: str, key: str, value: Any, plan: Plan, context: Context,
-               report: Any = None) -> Any:
+               report: Any = None, skip: Iterable[str] = ()) -> Any:
         """Each plugin gets the previous plugin's result: ``_call_each``
         reads ``kwargs`` afresh for every call, so updating it passes it on."""
         if report is None:
@@ -403,21 +590,70 @@ class PluginManager:
 
             report = Report()
         kwargs = {key: value, "plan": plan, "context": context, "report": report}
-        for _name, result in self._call_each(hook_name, kwargs, plan.plugins()):
+        skipped = set(skip)
+        only = [p for p in plan.plugins() if p not in skipped]
+        for _name, result in self._call_each(hook_name, kwargs, only):
             if result is not None:
                 kwargs[key] = result
         return kwargs[key]
 
-    def apply_model(self, model: Any, plan: Plan, context: Context, report: Any = None) -> Any:
-        return self._chain("autotune_apply_model", "model", model, plan, context, report)
+    def apply_model(self, model: Any, plan: Plan, context: Context, report: Any = None,
+                    skip: Iterable[str] = ()) -> Any:
+        """``autotune_apply_model`` of each plugin in ``plan`` but those in
+        ``skip`` (under DDP: the ones that wrap the DDP module instead)."""
+        return self._chain("autotune_apply_model", "model", model, plan, context, report, skip)
 
     def apply_loader(self, loader: Any, plan: Plan, context: Context, report: Any = None) -> Any:
         return self._chain("autotune_apply_loader", "loader", loader, plan, context, report)
 
-    def setup_engine(self, engine: Any, plan: Plan) -> None:
-        for _ in self._call_each("autotune_setup_engine", {"engine": engine, "plan": plan},
-                                 plan.plugins()):
-            pass
+    def setup_engine(self, engine: Any, plan: Plan) -> Plan:
+        """Each plugin in ``plan`` gets the engine's optimizer
+        (``autotune_apply_optimizer``), then sets up its part of the step
+        (``autotune_setup_engine``). A plugin that raises is left out of
+        this engine only: the report names it and the returned plan lists
+        it as disabled, so the engine never claims a setting it does not
+        run. Later engines (the next trial) ask it again."""
+        from autotune.report import Kind
+
+        left_out: dict[str, str] = {}
+        for hook in ("autotune_apply_optimizer", "autotune_setup_engine"):
+            for impl in self._impls(hook):
+                name = impl.plugin_name
+                if name not in plan.settings or name in self._failed or name in left_out:
+                    continue
+                kwargs = {"engine": engine, "plan": plan, "optimizer": engine.optimizer}
+                try:
+                    result = impl.function(**{a: kwargs[a] for a in impl.argnames})
+                except Exception as exc:  # noqa: BLE001 - named, and left out of this engine
+                    why = f"{hook} raised {type(exc).__name__}: {_one_line(str(exc), 200)}"
+                    left_out[name] = f"left out of this engine: {why}"
+                    engine.note(name, Kind.FALLBACK, f"{left_out[name]}; its part stays "
+                                "PyTorch's default")
+                    log.warning("plugin %r %s", name, left_out[name])
+                    continue
+                if hook == "autotune_apply_optimizer" and result is not None:
+                    import torch
+
+                    if not isinstance(result, torch.optim.Optimizer):
+                        why = (f"autotune_apply_optimizer returned {type(result).__name__}, "
+                               "not a torch.optim.Optimizer")
+                        left_out[name] = f"left out of this engine: {why}"
+                        engine.note(name, Kind.FALLBACK, left_out[name])
+                        continue
+                    engine.optimizer = result
+        revised = engine.plan  # with whatever the plugins revised (fallbacks)
+        if not left_out:
+            return revised
+        settings = {p: k for p, k in revised.settings.items() if p not in left_out}
+        return replace(revised, settings=settings, disabled={**revised.disabled, **left_out})
+
+    def step_hooks(self, hook_name: str, plugins: Iterable[str]) -> list[tuple[str, Any, list[str]]]:
+        """``(plugin, function, argument names)`` for each implementation of
+        a step hook among ``plugins``, in call order (``tryfirst`` first,
+        then registration order, ``trylast`` last). The engine calls them."""
+        wanted = set(plugins)
+        return [(i.plugin_name, i.function, list(i.argnames)) for i in self._impls(hook_name)
+                if i.plugin_name in wanted and i.plugin_name not in self._failed]
 
 
 def _as_settings(plugin: str, result: Any) -> dict[str, Setting]:
@@ -448,6 +684,21 @@ def _as_knobs(plugin: str, result: Any, plan: Plan) -> dict[str, Knob]:
         _check_json(knob.off, f"{plugin}.{key} off value")
         out[str(key)] = knob
     return out
+
+
+def _as_prior(result: Any) -> tuple[float, str]:
+    """``(gain, reason)`` from an ``autotune_search_prior`` answer."""
+    if isinstance(result, (str, bytes, Mapping)) or not isinstance(result, (tuple, list)) \
+            or len(result) != 2:
+        raise TypeError(f"autotune_search_prior must return (gain, reason) or None, "
+                        f"got {result!r}")
+    gain, reason = result
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain) \
+            or gain < 0:
+        raise ValueError(f"autotune_search_prior: the gain must be a number >= 0, got {gain!r}")
+    if not isinstance(reason, str):
+        raise TypeError(f"autotune_search_prior: the reason must be a str, got {reason!r}")
+    return float(gain), _one_line(reason)
 
 
 def _as_candidates(plugin: str, result: Any, plan: Plan) -> list[dict[str, Any]]:

@@ -84,7 +84,7 @@ def main() -> None:
             "weights_sha256": weights_digest(engine.module.state_dict()),
             "planned_here": bool(planned_here),
             "plan": engine.plan.to_dict(),
-            "accumulation_steps": engine.accumulation_steps,
+            "accumulation_steps": engine.micro_batches_per_step,
             "micro_steps": engine.micro_steps,
             "optimizer_steps": engine.optimizer_steps,
             "allreduce_calls": calls["allreduce"],

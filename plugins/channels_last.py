@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
-from autotune.knobs import Knob
+from autotune.knobs import Knob, true_or_false
 from autotune.options import parse_options
 from autotune.plan import Setting, default
 from autotune.report import Kind
@@ -51,7 +51,7 @@ def autotune_configure(context: Context) -> dict[str, Setting]:
 
 @hookimpl
 def autotune_knobs() -> dict[str, Knob]:
-    return {"enabled": Knob(off=False, measure_first=True)}
+    return {"enabled": Knob(off=False, measure_first=True, check=true_or_false())}
 
 
 # -- application -----------------------------------------------------------------
@@ -89,8 +89,26 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     from autotune.batches import has_conv2d
 
     if plan.get(NAME, "enabled", False) and has_conv2d(engine.module):
-        engine.input_memory_format = torch.channels_last
+        engine.plugin_state(NAME)["inputs"] = torch.channels_last
         engine.note(NAME, Kind.APPLIED, "4-D floating-point inputs converted to channels_last")
+
+
+@hookimpl
+def autotune_prepare_inputs(engine: Any, inputs: Any) -> Any:
+    """4-D floating-point inputs in channels_last, the weights' format."""
+    memory_format = engine.plugin_state(NAME).get("inputs")
+    if memory_format is None:
+        return None
+    from autotune.batches import move_to
+
+    # Already on the device: only 4-D floating-point tensors change layout.
+    return move_to(inputs, engine.device, memory_format=memory_format)
+
+
+@hookimpl
+def autotune_describe_engine(engine: Any) -> dict[str, Any]:
+    memory_format = engine.plugin_state(NAME).get("inputs")
+    return {"input_memory_format": None if memory_format is None else str(memory_format)}
 
 
 # -- candidates for measured tuning ------------------------------------------------
@@ -107,3 +125,10 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
 @hookimpl
 def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
     return candidates(context.hardware, plan.values(NAME), context.workload)
+
+
+@hookimpl
+def autotune_search_prior(context: Context, device_type: str) -> tuple[float, str]:
+    if not context.workload.has_conv2d:
+        return 0.0, "no Conv2d in the model"
+    return 0.3, "NHWC convolutions (cuDNN/oneDNN)"

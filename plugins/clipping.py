@@ -18,12 +18,12 @@ machine cannot turn it on; the plan says so. With both ``max_norm`` and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
-from autotune.knobs import Effect, Knob
+from autotune.knobs import Effect, Knob, positive_number
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
@@ -69,9 +69,9 @@ def autotune_configure(context: Context) -> dict[str, Setting]:
 #: Clipping changes every update it touches: the user's decision, never a
 #: default and never searched.
 KNOBS = {
-    "max_norm": Knob(off=None, effect=Effect.TRAINING),
+    "max_norm": Knob(off=None, effect=Effect.TRAINING, check=positive_number(or_null=True)),
     "norm_type": Knob(off=2.0, effect=Effect.TRAINING),
-    "clip_value": Knob(off=None, effect=Effect.TRAINING),
+    "clip_value": Knob(off=None, effect=Effect.TRAINING, check=positive_number(or_null=True)),
 }
 
 
@@ -91,9 +91,112 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
         engine.note(NAME, Kind.SKIPPED, "off: gradients as computed")
         return
     norm_type = float(values.get("norm_type") or 2.0)
-    engine.set_clipping(max_norm, norm_type, clip_value)
+    state = engine.plugin_state(NAME)
+    state["clipping"] = Clipping(max_norm, norm_type, clip_value)
+    # Pre-clip norms summed on the device: no host sync per step.
+    state["norm_sum"] = state["norm_count"] = None
+    state["last_norm"] = None
     what = [f"global {norm_type:g}-norm to {max_norm}" if max_norm is not None
             else "nothing by norm (the norm is recorded)"]
     if clip_value is not None:
         what.append(f"each element to +-{clip_value}")
     engine.note(NAME, Kind.APPLIED, "clip " + " and ".join(what) + ", after unscaling")
+
+
+# -- the step: clip after the window's backward (after the fp16 scaler has
+#    unscaled: it runs first), record the pre-clip norm ------------------------------
+
+
+@dataclass(frozen=True)
+class Clipping:
+    #: Clip the global norm to this; ``None`` records the norm, clips nothing.
+    max_norm: float | None = None
+    norm_type: float = 2.0
+    #: Also clamp each gradient element to ``[-clip_value, clip_value]``.
+    clip_value: float | None = None
+
+
+def total_norm(grads: list[Any], norm_type: float) -> Any:
+    """The norm ``clip_grad_norm_`` would clip, without clipping."""
+    import torch
+
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(grads, norm_type)
+    norms = torch.stack([torch.linalg.vector_norm(g.detach(), norm_type) for g in grads])
+    return torch.linalg.vector_norm(norms, norm_type)
+
+
+def clip_gradients(params: Iterable[Any], clipping: Clipping) -> Any:
+    """Clip as ``clipping`` says; returns the pre-clip global norm (None
+    when no parameter has a gradient). Gradients must be unscaled already."""
+    import torch
+
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return None
+    if clipping.max_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, clipping.max_norm, clipping.norm_type)
+    else:
+        norm = total_norm([p.grad for p in params], clipping.norm_type)
+    if clipping.clip_value is not None:
+        torch.nn.utils.clip_grad_value_(params, clipping.clip_value)
+    return norm
+
+
+def last_grad_norm(engine: Any) -> float | None:
+    """Pre-clip gradient norm of ``engine``'s last optimizer step (clipping on)."""
+    norm = engine.plugin_state(NAME).get("last_norm")
+    return None if norm is None else float(norm)
+
+
+@hookimpl
+def autotune_before_optimizer_step(engine: Any, optimizer: Any) -> None:
+    import torch
+
+    state = engine.plugin_state(NAME)
+    clipping = state.get("clipping")
+    if clipping is None:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = clip_gradients(params, clipping)
+    if norm is None:
+        return
+    norm = norm.detach().float()
+    finite = torch.isfinite(norm)  # fp16 steps that overflow have inf norms
+    value = torch.where(finite, norm, torch.zeros_like(norm))
+    state["norm_sum"] = value if state["norm_sum"] is None else state["norm_sum"] + value
+    state["norm_count"] = (finite.float() if state["norm_count"] is None
+                           else state["norm_count"] + finite)
+    state["last_norm"] = norm
+
+
+@hookimpl
+def autotune_epoch_start(engine: Any) -> None:
+    state = engine.plugin_state(NAME)
+    if state.get("clipping") is not None:
+        state["norm_sum"] = state["norm_count"] = None
+
+
+@hookimpl
+def autotune_epoch_end(engine: Any) -> dict[str, float] | None:
+    """The epoch's mean pre-clip norm, as ``grad_norm``."""
+    state = engine.plugin_state(NAME)
+    if state.get("clipping") is None or state.get("norm_count") is None:
+        return None
+    count = float(state["norm_count"])
+    return {"grad_norm": float(state["norm_sum"]) / count} if count else None
+
+
+@hookimpl
+def autotune_describe_engine(engine: Any) -> dict[str, Any]:
+    clipping = engine.plugin_state(NAME).get("clipping")
+    return {"clipping": None if clipping is None else vars(clipping).copy()}
+
+
+# -- measured tuning ------------------------------------------------------------------
+
+
+@hookimpl
+def autotune_search_prior() -> tuple[float, str]:
+    return 0.0, "changes what is trained: only the user turns it on"

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
-from autotune.knobs import Knob
+from autotune.knobs import Knob, true_or_false
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
@@ -68,8 +68,8 @@ def autotune_knobs() -> dict[str, Knob]:
     # Compiling makes the first step about a dozen eager first steps long:
     # benchmarks/results/budget_buys_cnn.json, 150 s search, ResNet-18 on a
     # 2-core EPYC with cold caches: 51.0 s compiled vs 3.1 s eager.
-    return {"mode": Knob(off="off", measure_first=True, first_step_cost=12.0),
-            "fullgraph": Knob(off=False)}
+    return {"mode": Knob(off="off", measure_first=True, first_step_cost=12.0, choices=MODES),
+            "fullgraph": Knob(off=False, check=true_or_false())}
 
 
 # -- application -----------------------------------------------------------------
@@ -109,6 +109,19 @@ def autotune_apply_model(model: Any, plan: Any, report: Any) -> Any:
 
 
 @hookimpl
+def autotune_wrap_distributed(model: Any, plan: Any, report: Any) -> Any:
+    """Under DDP ``torch.compile`` goes over the DistributedDataParallel
+    module (DDP's graph-break optimizer splits the graph at bucket
+    boundaries); ``autotune_apply_model`` is not called there."""
+    mode = plan.get(NAME, "mode", "off")
+    if mode == "off":
+        return None
+    compiled = compile_model(model, mode, bool(plan.get(NAME, "fullgraph", False)))
+    report.add(NAME, Kind.APPLIED, f"torch.compile(mode={mode!r}) over DistributedDataParallel")
+    return compiled
+
+
+@hookimpl
 def autotune_setup_engine(engine: Any, plan: Any) -> None:
     """Guard the compiled model: compile errors surface only at the first
     forward/backward, so the engine retries eagerly and the reason lands in
@@ -118,12 +131,33 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     if not is_compiled(engine.model):
         return
 
-    def on_fallback(reason: str) -> None:
+    engine.plugin_state(NAME)["eager"] = engine.model._orig_mod
+
+
+@hookimpl
+def autotune_step_failed(engine: Any, error: BaseException, phase: str) -> Any:
+    """A compiled forward or backward raised: train the eager module
+    instead. When the eager step fails too, the error is the user's own and
+    the compiled model comes back."""
+    from autotune.step import Recovery
+
+    state = engine.plugin_state(NAME)
+    eager = state.pop("eager", None)
+    if eager is None:
+        return None
+    compiled = engine.model
+    engine.model = eager
+
+    def undo() -> None:
+        engine.model = compiled
+        state["eager"] = eager
+
+    def done(reason: str) -> None:
         why = f"torch.compile failed, trained eagerly: {reason}"
         engine.note(NAME, Kind.FALLBACK, why)
         engine.revise_plan(NAME, {"mode": "off"}, why)
 
-    engine.set_eager_fallback(engine.model._orig_mod, on_fallback)
+    return Recovery(undo=undo, done=done)
 
 
 # -- candidates for measured tuning ------------------------------------------------
@@ -147,3 +181,17 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
 @hookimpl
 def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
     return candidates(context.hardware, plan.values(NAME), context.workload)
+
+
+@hookimpl
+def autotune_search_prior(context: Context, device_type: str) -> tuple[float, str]:
+    if device_type == "cuda":
+        return 0.4, "kernel fusion and CUDA graphs"
+    return 0.2, "inductor fuses elementwise ops; pays only on some models on CPU"
+
+
+@hookimpl
+def autotune_prune_candidate(values: Mapping[str, Any], device_type: str) -> str | None:
+    if values.get("mode") == "reduce-overhead" and device_type != "cuda":
+        return "reduce-overhead uses CUDA graphs, which need CUDA"
+    return None

@@ -19,17 +19,18 @@ keeps ``num_workers`` at a quarter of the cores; the tuner measures more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
-from autotune.knobs import LOADER, Knob
+from autotune.knobs import LOADER, Knob, true_or_false, whole_number
 from autotune.loaders import loader_settings, rebuild_loader
 from autotune.options import clamp_to, describe_bounds, parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
+from autotune.resources import Share
 
 NAME = "dataloader"
 #: Without a profile, more workers than this rarely help one GPU.
@@ -62,21 +63,7 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
         workers = from_profile(workers_n, f"profile range {describe_bounds(options.num_workers)}{note}")
     else:
         workers = default(rule, why)
-    n = workers.value
-    settings = {"num_workers": workers}
-    if n > 0:
-        if options.prefetch_factor is not None:
-            pf = options.prefetch_factor
-            value = pf if isinstance(pf, int) else pf[0]
-            settings["prefetch_factor"] = from_profile(value, f"profile range {describe_bounds(pf)}")
-        else:
-            settings["prefetch_factor"] = default(2, "PyTorch's default")
-        settings["persistent_workers"] = (
-            from_profile(options.persistent_workers, "profile") if options.persistent_workers is not None
-            else default(True, "keep workers alive between epochs"))
-    else:
-        settings["prefetch_factor"] = default(None, "no workers: loading runs in the main process")
-        settings["persistent_workers"] = default(False, "no workers")
+    settings = {"num_workers": workers, **follow_workers(workers.value, options)}
     if options.pin_memory is not None:
         pin = options.pin_memory and hardware.has_cuda
         settings["pin_memory"] = from_profile(pin, "profile" if pin == options.pin_memory
@@ -87,15 +74,52 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
     return settings
 
 
+def follow_workers(n: int, options: Options) -> dict[str, Setting]:
+    """``prefetch_factor`` and ``persistent_workers`` for ``n`` workers: they
+    follow ``num_workers``, whether planned, overridden or capped."""
+    if n > 0:
+        if options.prefetch_factor is not None:
+            pf = options.prefetch_factor
+            value = pf if isinstance(pf, int) else pf[0]
+            prefetch = from_profile(value, f"profile range {describe_bounds(pf)}")
+        else:
+            prefetch = default(2, "PyTorch's default")
+        persistent = (from_profile(options.persistent_workers, "profile")
+                      if options.persistent_workers is not None
+                      else default(True, "keep workers alive between epochs"))
+        return {"prefetch_factor": prefetch, "persistent_workers": persistent}
+    return {"prefetch_factor": default(None, "no workers: loading runs in the main process"),
+            "persistent_workers": default(False, "no workers")}
+
+
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
 
 
 @hookimpl
+def autotune_follow_overrides(context: Context, overrides: Mapping[str, Any]) -> dict[str, Setting]:
+    """A user's ``num_workers`` decides ``prefetch_factor`` and
+    ``persistent_workers`` as a planned one would (the manager keeps any of
+    them the user set too)."""
+    if "num_workers" not in overrides:
+        return {}
+    n = int(overrides["num_workers"] or 0)
+    options = parse_options(NAME, Options, dict(context.options_for(NAME)))
+    return {key: replace(setting, reason=f"{setting.reason} (for num_workers={n}, set by the user)")
+            for key, setting in follow_workers(n, options).items()}
+
+
+@hookimpl
 def autotune_knobs(context: Context) -> dict[str, Knob]:
     off = loader_settings(context.workload.loader)
-    return {key: Knob(off=value, phase=LOADER) for key, value in off.items()}
+    return {key: Knob(off=value, phase=LOADER, check=CHECKS.get(key))
+            for key, value in off.items()}
+
+
+#: What a user may set each key to (what DataLoader accepts).
+CHECKS = {"num_workers": whole_number(0), "prefetch_factor": whole_number(1, or_null=True),
+          "pin_memory": true_or_false(), "persistent_workers": true_or_false()}
 
 
 # -- application -----------------------------------------------------------------
@@ -187,3 +211,47 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
 @hookimpl
 def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
     return candidates(context.hardware, plan.values(NAME), context.workload)
+
+
+@hookimpl
+def autotune_search_prior(context: Context, device_type: str) -> tuple[float, str]:
+    if device_type == "cuda":
+        return 0.5, "an input-bound GPU waits for the loader"
+    return 0.1, "loader workers compete with compute threads on a CPU"
+
+
+@hookimpl
+def autotune_prune_candidate(context: Context, values: Mapping[str, Any],
+                             device_type: str) -> str | None:
+    budget = context.hardware.cpu.worker_budget
+    if values.get("pin_memory") and device_type != "cuda":
+        return "pinned memory only speeds up copies to a GPU"
+    if int(values.get("num_workers") or 0) > budget:
+        return f"more workers than the {budget} usable cores"
+    return None
+
+
+# -- sharing the machine ------------------------------------------------------------
+
+
+@hookimpl
+def autotune_resource_share(plan: Any, share: Share) -> dict[str, Setting]:
+    """Loader workers come out of the share: ``num_workers`` is capped at the
+    share's ``loader_workers`` (a user's override too, since the share leaves
+    no choice); with no workers left, ``persistent_workers`` and
+    ``prefetch_factor`` go with them."""
+    from autotune.plan import Source
+
+    if share.loader_workers is None:
+        return {}
+    workers = int(plan.get(NAME, "num_workers", 0) or 0)
+    allowed = share.loader_workers
+    if workers <= allowed:
+        return {}
+    why = (f"{share.reason}; loader workers come out of the share's {share.threads} "
+           "thread(s)" if share.threads is not None else share.reason)
+    out = {"num_workers": Setting(allowed, Source.DEFAULT, why)}
+    if allowed == 0:
+        out.update({key: Setting(s.value, Source.DEFAULT, s.reason)
+                    for key, s in follow_workers(0, Options()).items()})
+    return out

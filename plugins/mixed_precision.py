@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
-from autotune.knobs import Effect, Knob
+from autotune.knobs import Effect, Knob, true_or_false
 from autotune.options import parse_options
 from autotune.plan import Setting, Source, default, from_profile
 from autotune.report import Kind
@@ -103,9 +103,10 @@ def autotune_configure(context: Context) -> dict[str, Setting]:
 #: (or asked for). Measured slower on CPUs without native bf16 and on
 #: depthwise-convolution models, so never assumed.
 KNOBS = {
-    "dtype": Knob(off="fp32", effect=Effect.NUMERICS),
-    "grad_scaler": Knob(off=False, effect=Effect.NUMERICS),
-    "tf32": Knob(off=None, effect=Effect.NUMERICS),
+    # The plan's dtype, once resolved: "auto" is a profile option only.
+    "dtype": Knob(off="fp32", effect=Effect.NUMERICS, choices=("bf16", "fp16", "fp32")),
+    "grad_scaler": Knob(off=False, effect=Effect.NUMERICS, check=true_or_false()),
+    "tf32": Knob(off=None, effect=Effect.NUMERICS, check=true_or_false(or_null=True)),
 }
 
 
@@ -162,7 +163,7 @@ def setup_precision(engine: Any, dtype: str, grad_scaler: bool, tf32: bool | Non
     if dtype in ("bf16", "fp16"):
         torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
         scaler = _grad_scaler(device_type) if dtype == "fp16" and grad_scaler else None
-        engine.set_precision(torch_dtype, scaler=scaler)
+        engine.plugin_state(NAME).update(dtype=torch_dtype, scaler=scaler)
         engine.note(NAME, Kind.APPLIED, f"autocast({device_type}, {dtype})"
                     + (" with a GradScaler" if scaler is not None else ""))
         if dtype == "fp16" and scaler is None:
@@ -183,6 +184,78 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     values = plan.values(NAME)
     setup_precision(engine, values.get("dtype", "fp32"), bool(values.get("grad_scaler")),
                     values.get("tf32"))
+
+
+# -- the step: autocast around forward and loss, the fp16 GradScaler around
+#    backward and the optimizer step ---------------------------------------------
+
+
+def autocast_dtype(engine: Any) -> Any:
+    """The autocast dtype this plugin set on ``engine`` (None: off)."""
+    return engine.plugin_state(NAME).get("dtype")
+
+
+def grad_scaler(engine: Any) -> Any:
+    """The GradScaler this plugin set on ``engine`` (fp16 only), or None."""
+    return engine.plugin_state(NAME).get("scaler")
+
+
+@hookimpl
+def autotune_forward_context(engine: Any) -> Any:
+    dtype = autocast_dtype(engine)
+    if dtype is None:
+        return None
+    import torch
+
+    return torch.autocast(device_type=engine.device.type, dtype=dtype)
+
+
+@hookimpl
+def autotune_transform_loss(engine: Any, loss: Any) -> Any:
+    scaler = grad_scaler(engine)
+    return None if scaler is None else scaler.scale(loss)
+
+
+@hookimpl(tryfirst=True)
+def autotune_before_optimizer_step(engine: Any, optimizer: Any) -> None:
+    # First, so every later plugin (clipping) sees true gradients; the
+    # scaler's step then does not unscale again.
+    scaler = grad_scaler(engine)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+
+
+@hookimpl
+def autotune_optimizer_step(engine: Any, optimizer: Any) -> bool | None:
+    scaler = grad_scaler(engine)
+    if scaler is None:
+        return None
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    # GradScaler lowers its scale exactly when it found inf/NaN gradients
+    # and so skipped optimizer.step().
+    return not scaler.get_scale() < before
+
+
+@hookimpl
+def autotune_engine_state(engine: Any) -> dict[str, Any] | None:
+    scaler = grad_scaler(engine)
+    return None if scaler is None else {"scaler": scaler.state_dict()}
+
+
+@hookimpl
+def autotune_load_engine_state(engine: Any, state: Mapping[str, Any]) -> None:
+    scaler = grad_scaler(engine)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+@hookimpl
+def autotune_describe_engine(engine: Any) -> dict[str, Any]:
+    dtype = autocast_dtype(engine)
+    return {"autocast_dtype": None if dtype is None else str(dtype),
+            "grad_scaler": grad_scaler(engine) is not None}
 
 
 # -- candidates for measured tuning ------------------------------------------------
@@ -214,3 +287,27 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
 @hookimpl
 def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
     return candidates(context.hardware, plan.values(NAME), context.workload)
+
+
+@hookimpl
+def autotune_search_prior(context: Context, device_type: str) -> tuple[float, str]:
+    if device_type == "cuda":
+        return 0.6, "tensor cores run bf16/fp16 matmuls and convolutions much faster"
+    if context.hardware.cpu.has_bf16:
+        return 0.6, "the CPU has native bf16 (AVX512-BF16/AMX)"
+    return 0.0, "no native bf16 on this CPU and fp16 autocast needs CUDA"
+
+
+@hookimpl
+def autotune_prune_candidate(context: Context, values: Mapping[str, Any],
+                             device_type: str) -> str | None:
+    hardware = context.hardware
+    cuda = device_type == "cuda"
+    dtype = values.get("dtype")
+    if dtype == "fp16" and not cuda:
+        return "fp16 autocast needs CUDA (emulated and slow on a CPU)"
+    if dtype == "bf16" and not cuda and not hardware.cpu.has_bf16:
+        return "this CPU has no bf16 instructions (AVX512-BF16/AMX)"
+    if dtype == "bf16" and cuda and hardware.gpus and not hardware.gpus[0].bf16:
+        return f"{hardware.gpus[0].name} has no bf16 tensor cores"
+    return None

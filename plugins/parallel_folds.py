@@ -7,13 +7,16 @@ Profile options::
       backend: loky          # loky | threading | dask
       threads_per_fold: null # CPU threads each fold may use (null: derived)
 
-Rules (the pure functions below; ``autotune.cross_validate`` applies them):
+Rules (the pure functions below; :func:`schedule` applies them when
+``cross_validate`` asks for the fold schedule, ``autotune_fold_schedule``;
+without this plugin the folds run one after another):
 
 * CPU: the folds split the usable cores (CPU quota and affinity, not the
   machine's count); each fold gets at least two intra-op threads where there
-  are four cores or more (one per core below that), and ``threads.intra_op``
-  of every fold is set to its share, so parallel folds never oversubscribe
-  the CPU.
+  are four cores or more (one per core below that), and the fold's share
+  goes to the plugins that size thread pools (``autotune_resource_share``:
+  the threads plugin sets ``intra_op`` to it), so parallel folds never
+  oversubscribe the CPU.
 * Short folds stay in this process: loky workers are new Python processes
   that import torch before they train. ``cross_validate`` times a few
   training steps of the real model and runs the folds one after another
@@ -25,7 +28,8 @@ Rules (the pure functions below; ``autotune.cross_validate`` applies them):
   the peak memory of a training step of the real model
   (``torch.cuda.max_memory_reserved``) and runs ``free memory x 0.9 / peak``
   folds per GPU (at most ``max_concurrent``), fold ``i`` on ``cuda:i % n``.
-* Loader workers of parallel folds come out of the fold's CPU share.
+* Loader workers of parallel folds come out of the fold's CPU share (the
+  share's ``loader_workers``; the dataloader plugin caps ``num_workers``).
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from typing import Any, Mapping, Sequence
 
 from autotune import hookimpl
 from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import PROCESS, Knob
+from autotune.hardware import GIB, Hardware
+from autotune.knobs import PROCESS, Knob, whole_number
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
 
@@ -148,11 +152,172 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 @hookimpl
 def autotune_knobs() -> dict[str, Knob]:
     # A whole cross-validation run's setting: not measured per trial.
-    return {"max_concurrent": Knob(off=1, phase=PROCESS),
-            "threads_per_fold": Knob(off=None, phase=PROCESS),
-            "backend": Knob(off="loky", phase=PROCESS)}
+    return {"max_concurrent": Knob(off=1, phase=PROCESS, check=whole_number(1)),
+            "threads_per_fold": Knob(off=None, phase=PROCESS,
+                                     check=whole_number(1, or_null=True)),
+            "backend": Knob(off="loky", phase=PROCESS, choices=BACKENDS)}
 
 
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
+
+
+@hookimpl
+def autotune_search_prior() -> tuple[float, str]:
+    return 0.0, "a whole cross-validation run's setting, not measured per trial"
+
+
+# -- the fold schedule (cross_validate) ------------------------------------------
+
+
+def cuda_context_bytes(device: int) -> int:
+    """Memory a CUDA context of this process holds beyond torch's caching
+    allocator (NVML's per-process figure minus what torch reserved); 0 when
+    NVML cannot say (no NVML, or another PID namespace)."""
+    import os
+
+    import torch
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device)
+            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if process.pid == os.getpid() and process.usedGpuMemory:
+                    return max(0, int(process.usedGpuMemory) - torch.cuda.memory_reserved(device))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - best effort: NVML is optional
+        return 0
+    return 0
+
+
+def _with_arguments(plan: Any, max_concurrent: int | None, threads_per_fold: int | None,
+                    backend: str | None) -> Any:
+    """The user's ``cross_validate`` arguments, as overrides of this plugin."""
+    values: dict[str, Any] = {}
+    if max_concurrent is not None:
+        values["max_concurrent"] = max_concurrent
+    if threads_per_fold is not None:
+        values["threads_per_fold"] = threads_per_fold
+    if backend in BACKENDS:
+        values["backend"] = backend
+    return plan.with_overrides({NAME: values}) if values else plan
+
+
+def schedule(context: Context, plan: Any, folds: int, backend: str | None = None,
+             max_concurrent: int | None = None, threads_per_fold: int | None = None,
+             device: str = "cpu", measure_fold_memory: Any = None,
+             estimate_fold_seconds: Any = None, dask_slots: Any = None) -> Any:
+    """How ``folds`` folds run under this plugin's settings in ``plan`` (see
+    the module docstring); ``None`` when the plan has none of them."""
+    from autotune.plan import Source
+    from autotune.resources import FoldPlan
+
+    if NAME not in plan:
+        return None
+    hardware = context.hardware
+    plan = _with_arguments(plan, max_concurrent, threads_per_fold, backend)
+    name = backend or plan.get(NAME, "backend", "loky")
+    target = device
+    cores = hardware.cpu.worker_budget
+    cap = int(plan.get(NAME, "max_concurrent", 1) or 1)
+    threads_setting = plan.setting(NAME, "threads_per_fold")
+    fixed_threads = threads_per_fold or (threads_setting.value if threads_setting is not None
+                                         and threads_setting.source is not Source.DEFAULT else None)
+    gpus, per_fold, memory_why = 0, 0, ""
+    measured_short = False
+
+    if name == "dask":
+        if dask_slots is None:
+            raise ValueError("backend 'dask' needs the cluster's slots (dask_slots)")
+        slots, dask_threads, why = dask_slots()
+        concurrency = max(1, min(max_concurrent or slots, folds))
+        threads = fixed_threads or dask_threads
+        reason = why
+    elif name == "sequential" or not folds:
+        concurrency, threads = 1, None
+        reason = "sequential: one fold after another in this process"
+    elif target.startswith("cuda"):
+        import torch
+
+        # device="cuda" spreads the folds over every GPU; "cuda:1" pins them.
+        spread = target == "cuda"
+        indices = list(range(torch.cuda.device_count())) if spread else \
+            [torch.device(target).index or 0]
+        concurrency = min(cap, folds)
+        if concurrency > 1 and measure_fold_memory is not None:
+            per_fold = measure_fold_memory(f"cuda:{indices[0]}")
+            if name == "loky":
+                per_fold += cuda_context_bytes(indices[0])  # one context per worker process
+            free = [torch.cuda.mem_get_info(i)[0] for i in indices]
+            slots = gpu_slots(free, per_fold)
+            concurrency = min(concurrency, slots * len(indices))
+            memory_why = (f"measured {per_fold / GIB:.2f} GiB per fold; {min(free) / GIB:.1f} GiB "
+                          f"free on the fullest of {len(indices)} GPU(s) -> {slots} per GPU "
+                          f"(x{GPU_MEMORY_SHARE} of free memory), at most {cap}")
+        gpus = min(len(indices), concurrency) if spread else 0
+        threads = fixed_threads or threads_for(cores, concurrency)
+        reason = memory_why or f"{concurrency} fold(s) at once on {max(gpus, 1)} GPU(s)"
+    else:
+        concurrency = min(cap, folds)
+        threads = fixed_threads or threads_for(cores, concurrency)
+        reason = (f"{concurrency} fold(s) at once on {cores} usable cores, "
+                  f"{threads} thread(s) each")
+        # Only a default choice is second-guessed: an explicit backend or
+        # max_concurrent (argument, override or profile) is what runs.
+        chosen = plan.setting(NAME, "max_concurrent")
+        automatic = (backend is None and max_concurrent is None and chosen is not None
+                     and chosen.source is Source.DEFAULT)
+        if (name == "loky" and concurrency > 1 and automatic
+                and estimate_fold_seconds is not None):
+            seconds = estimate_fold_seconds()
+            if not worth_worker_processes(seconds):
+                concurrency, measured_short = 1, True
+                reason = (f"a fold takes about {seconds:.2f} s here (timed training steps), "
+                          f"less than the {MIN_FOLD_SECONDS_FOR_WORKERS} s that pays for "
+                          "starting worker processes: one fold after another")
+            else:
+                reason += f"; a fold takes about {seconds:.1f} s alone (timed training steps)"
+    if concurrency <= 1 and name != "dask":
+        name = "sequential"
+        # One fold at a time has the machine: the threads plugin's count stands.
+        planned_threads = plan.get("threads", "intra_op")
+        threads = fixed_threads or (int(planned_threads) if planned_threads else cores)
+        if not reason.startswith("sequential"):
+            reason = f"sequential: {reason}"
+    assert threads is not None
+    threads = int(threads)
+    measured = bool(memory_why) or measured_short
+    # Write the schedule into this plugin's settings, as the folds run.
+    values: dict[str, Any] = {"max_concurrent": concurrency, "threads_per_fold": threads}
+    if name in BACKENDS:
+        values["backend"] = name
+    for key, value in values.items():
+        current = plan.setting(NAME, key)
+        source = Source.MEASURED if measured and key == "max_concurrent" else Source.DEFAULT
+        if current is not None and current.value == value:
+            if source is not Source.MEASURED:
+                continue  # already says so: keep its provenance and reason
+            # A measurement that agrees with the user's cap: keep "override".
+            source = max(source, current.source, key=lambda s: s.rank)
+        plan = plan.with_values(NAME, {key: value}, source, f"cross_validate: {reason}",
+                                force=True)
+    workers = loader_workers_cap(threads, concurrency)
+    return FoldPlan(backend=name, concurrency=concurrency, threads_per_fold=threads,
+                    loader_workers=workers if concurrency > 1 else None,
+                    devices=tuple(fold_device(i, gpus) for i in range(gpus)),
+                    reason=reason, per_fold_memory_bytes=per_fold,
+                    settings=dict(plan.settings[NAME]))
+
+
+@hookimpl
+def autotune_fold_schedule(context: Context, plan: Any, folds: int, backend: str | None,
+                           max_concurrent: int | None, threads_per_fold: int | None,
+                           device: str, measure_fold_memory: Any, estimate_fold_seconds: Any,
+                           dask_slots: Any) -> Any:
+    return schedule(context, plan, folds, backend, max_concurrent, threads_per_fold, device,
+                    measure_fold_memory, estimate_fold_seconds, dask_slots)

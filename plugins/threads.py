@@ -14,17 +14,16 @@ restores the previous values when it is closed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
-from autotune.knobs import Knob
+from autotune.knobs import Knob, true_or_false, whole_number
 from autotune.options import parse_options
 from autotune.plan import Setting, default, from_profile
-from autotune.report import Kind
+from autotune.resources import THREAD_ENV_VARIABLES, Share, set_threads
 
 NAME = "threads"
 
@@ -67,64 +66,22 @@ def autotune_knobs() -> dict[str, Knob]:
 
     # "Off" is what this process runs with now (torch's own choice, or the
     # user's torch.set_num_threads).
-    return {"intra_op": Knob(off=torch.get_num_threads()), "inter_op": Knob(off=None),
-            "set_env": Knob(off=False)}
+    # Compute threads share the cores with loader workers: measured again
+    # once the search has changed the loader.
+    return {"intra_op": Knob(off=torch.get_num_threads(), revisit_after_loader=True,
+                             check=whole_number(1, or_null=True)),
+            "inter_op": Knob(off=None, check=whole_number(1, or_null=True)),
+            "set_env": Knob(off=False, check=true_or_false())}
 
 
 # -- application -----------------------------------------------------------------
 
-ENV_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: The variables ``set_env`` exports (kept here under its old name).
+ENV_VARIABLES = THREAD_ENV_VARIABLES
 
-
-def apply_threads(intra_op: int | None, inter_op: int | None = None, set_env: bool = False,
-                  note: Callable[[Kind, str], None] = lambda kind, message: None
-                  ) -> Callable[[], None]:
-    """Set torch's thread pools (and the OMP/MKL variables child processes
-    read); returns the undo. ``note(kind, message)`` hears what happened.
-
-    The inter-op pool can be sized only once per process and only before
-    parallel work has started; otherwise it stays as it is, with a warning.
-    """
-    import torch
-
-    undo: list[Callable[[], None]] = []
-    if intra_op is not None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(int(intra_op))
-        undo.append(lambda: torch.set_num_threads(before))
-        if before == intra_op:
-            note(Kind.SKIPPED, f"intra-op threads already {intra_op}")
-        else:
-            note(Kind.APPLIED, f"intra-op threads {before} -> {intra_op} (restored at close)")
-    if inter_op is not None:
-        current = torch.get_num_interop_threads()
-        if current != inter_op:
-            try:
-                torch.set_num_interop_threads(int(inter_op))
-                note(Kind.APPLIED, f"inter-op threads {current} -> {inter_op} (torch cannot "
-                     "change it again in this process, so it is not restored)")
-            except RuntimeError as exc:
-                note(Kind.WARNING, f"inter-op threads stay at {current}: torch sizes that pool "
-                     f"once per process, before parallel work starts ({str(exc).strip()})")
-    if set_env and intra_op is not None:
-        for variable in ENV_VARIABLES:
-            previous = os.environ.get(variable)
-            os.environ[variable] = str(intra_op)
-            undo.append(lambda v=variable, p=previous: _restore_env(v, p))
-        note(Kind.APPLIED, f"{' and '.join(ENV_VARIABLES)}={intra_op} for child processes")
-
-    def restore() -> None:
-        for step in reversed(undo):
-            step()
-
-    return restore
-
-
-def _restore_env(variable: str, previous: str | None) -> None:
-    if previous is None:
-        os.environ.pop(variable, None)
-    else:
-        os.environ[variable] = previous
+#: Set torch's thread pools (and OMP/MKL for child processes); returns the
+#: undo. The one thread setter, shared with cross-validation's folds.
+apply_threads = set_threads
 
 
 @hookimpl
@@ -160,3 +117,30 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
 def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
     workers = int(plan.get("dataloader", "num_workers", 0) or 0)
     return candidates(context.hardware, plan.values(NAME), context.workload, workers)
+
+
+@hookimpl
+def autotune_search_prior(context: Context, device_type: str) -> tuple[float, str]:
+    if device_type == "cuda":
+        return 0.02, "intra-op threads rarely matter when a GPU computes"
+    return 0.05, "compute threads vs loader workers on the same cores"
+
+
+# -- sharing the machine ------------------------------------------------------------
+
+
+@hookimpl
+def autotune_resource_share(plan: Any, share: Share) -> dict[str, Setting]:
+    """Each share runs with its own number of intra-op threads (a user's
+    ``intra_op`` stands); shares in one process leave its environment alone."""
+    from autotune.plan import Source
+
+    out: dict[str, Setting] = {}
+    current = plan.setting(NAME, "intra_op")
+    if (share.threads is not None and current is not None
+            and current.source is not Source.OVERRIDE and current.value != share.threads):
+        out["intra_op"] = Setting(share.threads, Source.DEFAULT, share.reason)
+    if share.shared_process and plan.get(NAME, "set_env"):
+        out["set_env"] = Setting(False, Source.DEFAULT, f"{share.reason}: the shares run in "
+                                 "one process, which has one environment")
+    return out

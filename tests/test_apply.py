@@ -46,8 +46,8 @@ def test_apply_end_to_end_keeps_the_users_objects_usable() -> None:
                            manager=plugin_manager())
     assert isinstance(tuned, Tuned) and tuned.device == torch.device("cpu")
     assert set(tuned.plan.plugins()) == {"threads", "mixed_precision", "accumulation",
-                                         "clipping", "channels_last", "compile", "dataloader",
-                                         "parallel_folds"}
+                                         "clipping", "channels_last", "compile", "optimizer",
+                                         "dataloader", "parallel_folds"}
     assert tuned.context.workload.has_conv2d
     assert {e.plugin for e in tuned.report} >= {"channels_last", "compile", "dataloader"}
     with tuned.engine(optimizer, nn.functional.cross_entropy, progress=False) as engine:
@@ -135,7 +135,7 @@ def test_apply_plan_applies_a_given_plan_to_fresh_objects() -> None:
     assert tuned.loader is None and tuned.recommendation is None
     with tuned.engine(torch.optim.SGD(model.parameters(), lr=0.1),
                       nn.functional.cross_entropy, progress=False) as engine:
-        assert engine.accumulation_steps == 2
+        assert engine.micro_batches_per_step == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -16,6 +16,7 @@ from autotune.errors import AutotuneError, TrainingError
 from autotune.history import History
 from autotune.plan import Plan
 from autotune.progress import progress_enabled
+from autotune.plugins import clipping, mixed_precision
 from autotune.testing import plugin_manager
 
 ALL_PLUGINS = ("threads", "mixed_precision", "accumulation", "clipping", "channels_last",
@@ -50,7 +51,7 @@ def test_engine_without_plugins_is_plain_pytorch() -> None:
     data = make_data()
     model, reference = make_model(), make_model()
     with engine_for(model, Plan()) as engine:
-        assert engine.describe()["autocast_dtype"] is None
+        assert engine.describe()["step_hooks"] == {}  # nothing between PyTorch and the step
         engine.fit(DataLoader(data, batch_size=4), epochs=2)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     for _ in range(2):
@@ -136,7 +137,8 @@ def test_fp16_grad_scaler_skips_overflowing_steps_and_the_scheduler_waits() -> N
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     with Engine(model, optimizer, nn.functional.cross_entropy, plan, manager=manager,
                 scheduler=scheduler, progress=False) as engine:
-        assert engine.autocast_dtype is torch.float16 and engine.scaler is not None
+        assert mixed_precision.autocast_dtype(engine) is torch.float16
+        assert mixed_precision.grad_scaler(engine) is not None
         history = engine.fit(DataLoader(InfAt(bad=2), batch_size=2))  # batch 2 of 3 overflows
     assert engine.skipped_steps == 1 and history[-1].skipped_steps == 1
     assert engine.optimizer_steps == 3
@@ -154,7 +156,7 @@ def test_clip_by_value_as_well_as_norm() -> None:
             lambda opt, a, k: seen.append(max(p.grad.abs().max() for p in model.parameters())))
         engine.train_step(next(iter(DataLoader(make_data(), batch_size=5))))
     assert seen and float(seen[0]) == pytest.approx(1e-3)  # clamped to the value
-    assert engine.last_grad_norm is not None and engine.last_grad_norm > 1e-3
+    assert clipping.last_grad_norm(engine) is not None and clipping.last_grad_norm(engine) > 1e-3
 
 
 class Recorder:
@@ -287,7 +289,8 @@ def test_checkpoint_round_trip(tmp_path) -> None:
         restored.load(tmp_path / "ckpt.pt")
         assert restored.optimizer_steps == engine.optimizer_steps == 3
         assert len(restored.history) == 1
-        assert restored.scaler.get_scale() == engine.scaler.get_scale()
+        assert (mixed_precision.grad_scaler(restored).get_scale()
+                == mixed_precision.grad_scaler(engine).get_scale())
         for a, b in zip(restored.module.parameters(), engine.module.parameters()):
             assert torch.equal(a, b)
     assert set(state["model"]) == set(make_model().state_dict())

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import autotune
+from autotune.plugins import mixed_precision
 from autotune.testing import plugin_manager, requires
 
 pytestmark = requires(cuda=True)
@@ -42,7 +43,8 @@ def test_fp16_with_grad_scaler_on_cuda_counts_skipped_steps() -> None:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
     with tuned.engine(optimizer, nn.functional.cross_entropy, scheduler=scheduler,
                       progress=False) as engine:
-        assert engine.scaler is not None and engine.scaler.is_enabled()
+        scaler = mixed_precision.grad_scaler(engine)
+        assert scaler is not None and scaler.is_enabled()
         history = engine.fit(tuned.loader)
     assert set(dtypes) == {torch.float16}
     skipped = history[-1].skipped_steps
@@ -68,7 +70,7 @@ def test_bf16_autocast_on_cuda_and_tf32_restored() -> None:
                       progress=False) as engine:
         assert read() in ("tf32", True)
         engine.fit(tuned.loader)
-    assert set(dtypes) == {torch.bfloat16} and engine.scaler is None
+    assert set(dtypes) == {torch.bfloat16} and mixed_precision.grad_scaler(engine) is None
     assert read() == before
 
 

@@ -344,10 +344,16 @@ def test_autotune_setup_engine_gets_engine_and_plan():
     # built-ins left out: their setup_engine needs a real Engine
     planned = make_plan(hardware=cpu_laptop(), manager=plugin_manager(
         plugins=[recorder], disable=BUILTIN_PLUGINS))
-    engine = object()
-    planned.manager.setup_engine(engine, planned.plan)
+    from torch import nn
+
+    from autotune.engine import Engine
+
+    model = nn.Linear(2, 2)
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss,
+                    planned.plan, manager=planned.manager, progress=False)
     call = recorder.calls_of("autotune_setup_engine")[0]
     assert call.kwargs["engine"] is engine and call.kwargs["plan"] is planned.plan
+    engine.close()
 
 
 def test_a_failure_in_apply_is_contained():

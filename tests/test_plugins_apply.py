@@ -67,6 +67,9 @@ class Run:
     threads_before: int = 0
     threads_after_close: int = 0
     graphs_compiled: int = 0
+    #: (fused, foreach) of the optimizer's first param group at each step.
+    optimizer_flags: list[tuple[Any, Any]] = field(default_factory=list)
+    optimizer_flags_after_close: tuple[Any, Any] = (None, None)
 
     @property
     def module(self) -> nn.Module:
@@ -114,6 +117,8 @@ def train_two_batches(case: "PluginCase", enabled: bool) -> Run:
 
     def before_step(opt: Any, args: Any, kwargs: Any) -> None:
         run.grads_at_step.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        group = opt.param_groups[0]
+        run.optimizer_flags.append((group.get("fused"), group.get("foreach")))
 
     hooks = []
     if case.name != "compile":  # dynamo would trace these hooks into its graphs
@@ -128,6 +133,8 @@ def train_two_batches(case: "PluginCase", enabled: bool) -> Run:
         engine.fit(tuned.loader, epochs=1, max_steps=2)
     run.graphs_compiled = dynamo_utils.counters["stats"]["unique_graphs"] - graphs_before
     run.threads_after_close = torch.get_num_threads()
+    group = optimizer.param_groups[0]
+    run.optimizer_flags_after_close = (group.get("fused"), group.get("foreach"))
     for hook in hooks:
         hook.remove()
     return run
@@ -138,7 +145,7 @@ def train_two_batches(case: "PluginCase", enabled: bool) -> Run:
 
 def check_precision(run: Run, on: bool) -> None:
     assert run.head_output_dtypes == [torch.bfloat16 if on else torch.float32] * 2
-    assert (run.engine.autocast_dtype is torch.bfloat16) is on
+    assert (run.engine.describe().get("autocast_dtype") == "torch.bfloat16") is on
 
 
 def check_accumulation(run: Run, on: bool) -> None:
@@ -209,6 +216,14 @@ def check_threads(run: Run, on: bool) -> None:
         assert run.env_in_forward == [os.environ.get("OMP_NUM_THREADS")] * 2
 
 
+def check_optimizer(run: Run, on: bool) -> None:
+    # The user's SGD, stepped by torch's fused kernel while the engine ran,
+    # and given back as built when it closed.
+    assert run.optimizer_flags == ([(True, False)] * 2 if on else [(None, None)] * 2)
+    assert run.optimizer_flags_after_close == (None, None)
+    assert run.engine.optimizer_steps == 2
+
+
 def check_parallel_folds(run: Run, on: bool) -> None:
     plan = run.tuned.plan
     if on:
@@ -241,6 +256,7 @@ CASES = {case.name: case for case in [
     PluginCase("channels_last", check_channels_last, {"channels_last": {"enabled": True}}),
     PluginCase("dataloader", check_dataloader, {"dataloader": {"num_workers": 2}}),
     PluginCase("threads", check_threads, {"threads": {"intra_op": 1, "set_env": True}}),
+    PluginCase("optimizer", check_optimizer, {"optimizer": {"implementation": "fused"}}),
     PluginCase("parallel_folds", check_parallel_folds),
 ]}
 

@@ -1,21 +1,12 @@
 """A real third-party plugin package (examples/custom_plugin, "autotune-seed"),
-installed with pip into a throw-away virtual environment so it never changes
-the plugin list the other tests see.
-
-The venv sees this test environment's packages (torch, autotune, pip,
-setuptools) through a ``.pth`` file that adds this interpreter's
-site-packages; unlike ``--system-site-packages`` that also works when the
-tests themselves run in a virtual environment. pip runs with
-``--no-index --no-build-isolation``, so the install works offline.
+installed with pip into a throw-away virtual environment (tests/venv_helpers.py)
+so it never changes the plugin list the other tests see.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import site
 import subprocess
 import sys
 from importlib import metadata
@@ -28,45 +19,20 @@ from autotune import make_plan
 from autotune.errors import ProfileError
 from autotune.manager import BUILTIN_PLUGINS
 from autotune.testing import cpu_laptop, plugin_manager, rtx5080_7950x
+from venv_helpers import clean_env, install_in_throwaway_venv
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "custom_plugin"
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOTUNE_")}
-    env.update(extra)
-    return env
-
-
 @pytest.fixture(scope="session")
 def venv_python(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("seed-venv")
-    source = root / "src"
-    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)],
-                   check=True, timeout=120)
-    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
-    venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    parents = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
-    # addsitedir (not a bare path) so the parent's own .pth files run too:
-    # that is how an editable install of autotune is found.
-    Path(venv_site, "_test_parent_env.pth").write_text(
-        "".join(f"import site; site.addsitedir({p!r})\n" for p in parents if Path(p).is_dir()))
-    # pip itself comes from the system site-packages; it installs into the venv.
-    result = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index",
-                             "--no-build-isolation", "--quiet", str(source)],
-                            capture_output=True, text=True, timeout=300, env=_clean_env())
-    assert result.returncode == 0, result.stdout + result.stderr
-    return python
+    return install_in_throwaway_venv(EXAMPLE, tmp_path_factory.mktemp("seed-venv"))
 
 
 def autotune(python: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(python), "-m", "autotune", *argv], capture_output=True,
-                            text=True, timeout=180, env=_clean_env(**env))
+                            text=True, timeout=180, env=clean_env(**env))
     assert result.returncode == 0, result.stderr
     return result
 
@@ -75,7 +41,7 @@ def test_installed_plugin_is_listed(venv_python):
     out = autotune(venv_python, "plugins").stdout
     row = next(line for line in out.splitlines() if line.startswith("seed "))
     assert "autotune-seed 0.1.0" in row and "enabled" in row
-    assert "configure,detect,knobs,setup_engine" in row
+    assert "configure,detect,engine_state,knobs,load_engine_state,setup_engine" in row
 
 
 def test_installed_plugin_contributes_to_the_plan(venv_python):
@@ -141,35 +107,48 @@ def _load_seed_module():
     return module
 
 
-class _ClosingEngine:
-    """The part of the Engine contract setup_engine uses: on_close(callback)."""
+def _seed_engine(seed, overrides, model=None):
+    from torch import nn
 
-    def __init__(self) -> None:
-        self.callbacks: list = []
+    from autotune.engine import Engine
 
-    def on_close(self, callback) -> None:
-        self.callbacks.append(callback)
-
-    def close(self) -> None:
-        for callback in reversed(self.callbacks):
-            callback()
+    # Only the seed plugin, in a real engine.
+    manager = plugin_manager(plugins=[seed], disable=BUILTIN_PLUGINS)
+    planned = make_plan(hardware=cpu_laptop(), manager=manager, overrides=overrides)
+    model = model or nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    return Engine(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                  nn.functional.cross_entropy, planned.plan, manager=planned.manager,
+                  progress=False)
 
 
 def test_seed_plugin_seeds_and_restores_deterministic_mode():
     seed = _load_seed_module()
-    # Only the seed plugin: the built-ins' setup_engine needs the real Engine.
-    manager = plugin_manager(plugins=[seed], disable=BUILTIN_PLUGINS)
-    planned = make_plan(hardware=cpu_laptop(), manager=manager,
-                        overrides={"seed": {"seed": 7, "deterministic": True}})
     assert torch.are_deterministic_algorithms_enabled() is False
-    engine = _ClosingEngine()
-    planned.manager.setup_engine(engine, planned.plan)
+    engine = _seed_engine(seed, {"seed": {"seed": 7, "deterministic": True}})
     first = torch.rand(3)
     assert torch.are_deterministic_algorithms_enabled() is True
     engine.close()
     assert torch.are_deterministic_algorithms_enabled() is False
     torch.manual_seed(7)
     assert torch.equal(first, torch.rand(3))
+
+
+def test_seed_plugin_checkpoints_the_random_streams(tmp_path):
+    """Its engine-state hooks: a run resumed from a checkpoint draws the same
+    dropout masks as one that never stopped."""
+    seed = _load_seed_module()
+    batch = (torch.randn(6, 4), torch.randint(0, 2, (6,)))
+    with _seed_engine(seed, {"seed": {"seed": 3}}) as engine:
+        engine.train_step(batch)
+        engine.save(tmp_path / "ckpt.pt")
+        assert "seed" in torch.load(tmp_path / "ckpt.pt", weights_only=True)["plugins"]
+        expected = torch.rand(5)  # what the uninterrupted run draws next
+    torch.manual_seed(99)  # another process, another state
+    with _seed_engine(seed, {"seed": {"seed": 3}}) as resumed:
+        resumed.load(tmp_path / "ckpt.pt")
+        assert torch.equal(torch.rand(5), expected)
+    with _seed_engine(seed, {}) as unseeded:  # no seed: nothing saved
+        assert "seed" not in unseeded.state_dict()["plugins"]
 
 
 def test_seed_plugin_warns_about_cublas_on_cuda(tmp_path):
@@ -197,14 +176,14 @@ def test_installed_alone_the_seed_plugin_changes_nothing():
                         manager=plugin_manager(plugins=[seed], disable=BUILTIN_PLUGINS))
     assert planned.plan.get("seed", "seed") is None
     assert planned.plan.setting("seed", "seed").effect.value == "training"
+    model = torch.nn.Linear(4, 2)
     torch.manual_seed(11)
     expected = torch.rand(3)
     torch.manual_seed(11)
-    engine = _ClosingEngine()
-    planned.manager.setup_engine(engine, planned.plan)
-    assert torch.equal(torch.rand(3), expected)  # not reseeded
-    assert torch.are_deterministic_algorithms_enabled() is False
-    engine.close()
+    with _seed_engine(seed, {}, model) as engine:
+        assert torch.equal(torch.rand(3), expected)  # not reseeded
+        assert torch.are_deterministic_algorithms_enabled() is False
+        assert engine.plan.get("seed", "seed") is None
 
 
 def test_a_bad_option_for_the_plugin_is_a_profile_error(tmp_path):

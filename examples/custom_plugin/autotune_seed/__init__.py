@@ -26,7 +26,12 @@ Hooks it implements:
   the plugin (no reseeding, non-deterministic kernels) and what a change changes;
 * ``autotune_setup_engine`` -- seeds every RNG and switches deterministic kernels
   on or off when the training engine is built, and restores the previous
-  deterministic flags when the engine closes.
+  deterministic flags when the engine closes;
+* ``autotune_engine_state`` / ``autotune_load_engine_state`` -- engine events:
+  with a seed set, ``engine.save(...)`` also saves the random generators'
+  states and ``engine.load(...)`` restores them, so a resumed run draws the
+  same random numbers (dropout masks, augmentations in this process) as one
+  that never stopped.
 """
 
 from __future__ import annotations
@@ -150,3 +155,29 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
         seed_everything(int(values["seed"]))
     if values.get("deterministic"):
         engine.on_close(set_deterministic(True))
+
+
+@hookimpl
+def autotune_engine_state(engine: Any) -> dict[str, Any] | None:
+    """The generators' states, in the engine's checkpoint (seeded runs only)."""
+    import torch
+
+    if engine.plan.get(NAME, "seed") is None:
+        return None
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "python": list(random.getstate()[1]),
+                             "python_version": random.getstate()[0],
+                             "python_gauss": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+@hookimpl
+def autotune_load_engine_state(engine: Any, state: Mapping[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
