@@ -19,13 +19,20 @@ plugins' names, to decide three things:
 
 :func:`guard_plan` applies the first two rules to a plan; the planner calls
 it before the user's overrides, so an override always wins.
+
+A knob also says which values a user may set (``choices``, ``check``): the
+planner checks every override against its knob (:func:`check_override`), so
+``--set compile.mode=bogus`` fails when the plan is made, in one line, not
+deep in training. And it tells the tuner how to measure the setting
+(``phase``, ``first_step_cost``, ``revisit_after_loader``).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Mapping
+import math
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
     from autotune.plan import Plan
@@ -71,6 +78,18 @@ class Knob:
     #: (torch.compile): the tuner budgets for it before such a trial, and
     #: keeps compiled code between trials.
     first_step_cost: float = 0.0
+    #: Measured again, as "<plugin> (after loader)", once the loader-phase
+    #: settings the search adopted have changed: a setting that shares the
+    #: machine with the loader (compute threads beside loader workers).
+    revisit_after_loader: bool = False
+    #: The only values a user may set (``None``: any value of the planned
+    #: kind); checked when the plan is made, so a typo fails there.
+    choices: tuple[Any, ...] | None = None
+    #: A further check of a value the user sets: ``None`` when it is
+    #: acceptable, else what it must be ("must be a whole number >= 1").
+    #: :func:`whole_number`, :func:`positive_number` and :func:`true_or_false`
+    #: make the usual ones.
+    check: "Check | None" = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.effect, Effect):
@@ -80,6 +99,21 @@ class Knob:
         if not isinstance(self.first_step_cost, (int, float)) or self.first_step_cost < 0:
             raise ValueError(f"Knob.first_step_cost must be a number >= 0, "
                              f"got {self.first_step_cost!r}")
+        if self.choices is not None:
+            if isinstance(self.choices, (str, bytes)) or not hasattr(self.choices, "__iter__"):
+                raise ValueError(f"Knob.choices must be a tuple of values, got {self.choices!r}")
+            object.__setattr__(self, "choices", tuple(self.choices))
+        if self.check is not None and not callable(self.check):
+            raise ValueError(f"Knob.check must be callable, got {self.check!r}")
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` cannot be this knob's setting ("must be one of a,
+        b"), or ``None`` when it can."""
+        if self.choices is not None and not any(_same(value, c) for c in self.choices):
+            return "must be one of " + ", ".join(_show(c) for c in self.choices)
+        if self.check is not None:
+            return self.check(value)
+        return None
 
     @property
     def needs_asking(self) -> bool:
@@ -91,13 +125,81 @@ class Knob:
         return self.effect is not Effect.TRAINING and self.phase != PROCESS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"off": self.off, "effect": self.effect.value,
-                "measure_first": self.measure_first, "phase": self.phase,
-                "first_step_cost": self.first_step_cost}
+        """Plain data (``check``, a function, is left out)."""
+        out = {"off": self.off, "effect": self.effect.value,
+               "measure_first": self.measure_first, "phase": self.phase,
+               "first_step_cost": self.first_step_cost,
+               "revisit_after_loader": self.revisit_after_loader}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        return out
 
 
 #: ``{plugin: {key: Knob}}``
 Knobs = Mapping[str, Mapping[str, Knob]]
+
+#: A value check (:attr:`Knob.check`): ``None`` when the value is acceptable,
+#: else what it must be.
+Check = Callable[[Any], "str | None"]
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """Equal and of the same kind: ``True`` is not the choice ``1``."""
+    return isinstance(value, bool) is isinstance(choice, bool) and value == choice
+
+
+def _show(value: Any) -> str:
+    """A value as the user writes it after ``--set`` (YAML)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def whole_number(minimum: int, *, or_null: bool = False) -> Check:
+    """A check: an int (not a bool) of at least ``minimum``; ``or_null``
+    also accepts ``None``."""
+    def check(value: Any) -> str | None:
+        if value is None and or_null:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            return None
+        return f"must be a whole number >= {minimum}" + (" or null" if or_null else "")
+    return check
+
+
+def positive_number(*, or_null: bool = False) -> Check:
+    """A check: a finite number > 0 (not a bool); ``or_null`` also accepts ``None``."""
+    def check(value: Any) -> str | None:
+        if value is None and or_null:
+            return None
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0):
+            return None
+        return "must be a number > 0" + (" or null" if or_null else "")
+    return check
+
+
+def true_or_false(*, or_null: bool = False) -> Check:
+    """A check: ``True`` or ``False``; ``or_null`` also accepts ``None``."""
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or (value is None and or_null):
+            return None
+        return "must be true or false" + (" or null" if or_null else "")
+    return check
+
+
+def check_override(plugin: str, key: str, value: Any, knobs: Knobs) -> str | None:
+    """What is wrong with the user setting ``plugin.key`` to ``value``,
+    according to the plugin's knob ("compile.mode must be one of off,
+    default, ..."), or ``None``."""
+    knob = knobs.get(plugin, {}).get(key)
+    try:
+        problem = knob.problem(value) if knob is not None else None
+    except Exception as exc:  # noqa: BLE001 - a plugin's check that fails refuses the value
+        problem = f"could not be checked: {type(exc).__name__}: {exc}"
+    return f"{plugin}.{key} {problem}" if problem else None
 
 
 def _asked_how(plugin: str, key: str, profile: str | None) -> str:
@@ -138,3 +240,22 @@ def guard_plan(plan: "Plan", knobs: Knobs, *, profile_chosen: bool) -> "Plan":
                 setting = Setting(knob.off, Source.DEFAULT, why, knob.effect)
             keys[key] = setting
     return replace(plan, settings=settings)
+
+
+def check_overrides(overrides: Mapping[str, Mapping[str, Any]], knobs: Knobs,
+                    overrides_by: str = "overrides") -> None:
+    """Raise :class:`~autotune.errors.PlanError`, one line, for the first
+    override its plugin's knob refuses (``Knob.choices`` / ``Knob.check``).
+    ``overrides_by`` names where overrides come from in the message:
+    ``"overrides"`` (``overrides={'compile': {'mode': 'x'}}: ...``) or
+    ``"--set"`` (``--set compile.mode='x': ...``)."""
+    from autotune.errors import PlanError
+
+    for plugin, values in overrides.items():
+        for key, value in values.items():
+            problem = check_override(plugin, key, value, knobs)
+            if problem is None:
+                continue
+            given = (f"--set {plugin}.{key}={value!r}" if overrides_by == "--set"
+                     else f"overrides={{{plugin!r}: {{{key!r}: {value!r}}}}}")
+            raise PlanError(f"{given}: {problem}")

@@ -47,12 +47,17 @@ def loader_settings(loader: Any) -> dict[str, Any]:
 
 
 def rebuild_loader(loader: Any, *, num_workers: int, pin_memory: bool = False,
-                   persistent_workers: bool = False, prefetch_factor: int | None = None) -> Any:
+                   persistent_workers: bool = False, prefetch_factor: int | None = None,
+                   batch_size: int | None = None) -> Any:
     """A new DataLoader over the same dataset yielding the same batches
     (same sampler object, batch size, collate_fn, drop_last, generator,
-    worker_init_fn...), with new loading settings. The user's loader is
-    left untouched and keeps working."""
+    worker_init_fn, timeout, in_order...), with new loading settings; with
+    ``batch_size``, batches of that size instead (not for a loader built on
+    its own ``batch_sampler``: ``ValueError``). The user's loader is left
+    untouched and keeps working."""
     from torch.utils.data import DataLoader, IterableDataset
+
+    size = loader.batch_size if batch_size is None else batch_size
 
     kwargs: dict[str, Any] = {
         "dataset": loader.dataset, "num_workers": num_workers, "collate_fn": loader.collate_fn,
@@ -60,14 +65,16 @@ def rebuild_loader(loader: Any, *, num_workers: int, pin_memory: bool = False,
         "generator": loader.generator,
     }
     if isinstance(loader.dataset, IterableDataset):
-        kwargs.update(batch_size=loader.batch_size, drop_last=loader.drop_last)
+        kwargs.update(batch_size=size, drop_last=loader.drop_last)
     elif loader.batch_size is None and loader.batch_sampler is not None:
+        if batch_size is not None:
+            raise ValueError("a DataLoader built on its own batch_sampler cannot be rebuilt "
+                             "with another batch_size")
         kwargs["batch_sampler"] = loader.batch_sampler  # the user's own batch sampler
     else:
         # The same sampler object: shuffling draws from the same generator,
         # so the order is what the user's loader would have produced.
-        kwargs.update(sampler=loader.sampler, batch_size=loader.batch_size,
-                      drop_last=loader.drop_last)
+        kwargs.update(sampler=loader.sampler, batch_size=size, drop_last=loader.drop_last)
     if num_workers > 0:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
                       multiprocessing_context=loader.multiprocessing_context,

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 from autotune.context import Context, Workload
 from autotune.detect import detect
 from autotune.hardware import Hardware
-from autotune.knobs import guard_plan
+from autotune.knobs import check_overrides, guard_plan
 from autotune.manager import PluginManager
 from autotune.plan import Plan
 from autotune.profile import Recommendation, get_profile, load_profiles, recommend
@@ -33,11 +33,16 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
               overrides: Mapping[str, Mapping[str, Any]] | None = None,
               profile_dirs: Iterable[str | os.PathLike[str]] = (),
               plugins: Iterable[Any] = (), strict: bool = False,
-              manager: PluginManager | None = None) -> Planned:
+              manager: PluginManager | None = None,
+              overrides_by: str = "overrides") -> Planned:
     """Make a plan. ``profile`` forces a profile by name instead of matching.
 
     ``disable``, ``plugins`` and ``strict`` build the plugin manager; when a
     ``manager`` is passed they are ignored (give them to the manager).
+    Every override is checked against its plugin's knob (``choices``,
+    ``check``); ``overrides_by`` is how errors name an override:
+    ``"overrides"`` (``overrides={'compile': {'mode': 'x'}}``) or ``"--set"``
+    (``--set compile.mode='x'``, the CLI).
 
     Raises :class:`~autotune.errors.AutotuneError` subclasses on bad input
     (unknown profile or plugin, malformed profile, bad override).
@@ -60,5 +65,8 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
     plan = guard_plan(manager.drop_failed(plan), knobs, profile_chosen=profile is not None)
     if overrides:
         plan = plan.with_overrides(overrides)
+        check_overrides(overrides, knobs, overrides_by)
+        plan = manager.follow_overrides(context, plan, overrides)
     log.info("plan made with profile %s: %d plugins", plan.profile, len(plan.settings))
     return Planned(plan=plan, context=context, recommendation=recommendation, manager=manager)
+

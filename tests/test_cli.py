@@ -204,6 +204,10 @@ def test_forced_profile_says_so(capsys):
     (["plan", "--set", "dataloader"], "expected PLUGIN.KEY=VALUE"),
     (["plan", "--set", "dataloader.num_workers=[1"], "not valid YAML"),
     (["plan", "--set", "dataloader.pin_memory=yes"], "proposes true/false"),
+    (["plan", "--set", "accumulation.steps=0"],
+     "--set accumulation.steps=0: accumulation.steps must be a whole number >= 1"),
+    (["plan", "--set", "dataloader.num_workers=-1"], "must be a whole number >= 0"),
+    (["plan", "--set", "clipping.max_norm=-1.0"], "clipping.max_norm must be a number > 0 or null"),
     (["plan", "--profile", "h200"], "unknown profile 'h200'"),
     (["plan", "--profile-dir", "/nonexistent/profiles"], "does not exist"),
     (["plan", "--bogus"], "unrecognized arguments: --bogus"),
@@ -213,6 +217,17 @@ def test_forced_profile_says_so(capsys):
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, message):
     assert message in run_error(capsys, *argv)
+
+
+def test_an_override_its_plugin_refuses_is_one_line_at_plan_time(capsys):
+    # The plugin's knob says what compile.mode may be: checked when the plan
+    # is made, not deep in training.
+    err = run_error(capsys, "plan", "--set", "compile.mode=bogus")
+    assert err == ("autotune: error: --set compile.mode='bogus': compile.mode must be one of "
+                   "off, default, reduce-overhead, max-autotune\n")
+    assert "compile.fullgraph must be true or false" in run_error(capsys, "plan", "--set",
+                                                                  "compile.fullgraph=null")
+    assert run(capsys, "plan", "--set", "compile.mode=max-autotune")[0] == 0
 
 
 def test_bad_profile_exits_2_naming_file_and_key(capsys, tmp_path):
@@ -310,3 +325,14 @@ def test_every_command_but_the_daemon_takes_json_as_the_readme_says():
     listed = re.search(r"every command\s+except `daemon`:(.*?)\.\s", section, re.S)
     assert listed, "the README's Command line section no longer says which commands take --json"
     assert set(re.findall(r"`([a-z][a-z ]*)`", listed.group(1))) == with_json, listed.group(1)
+
+
+def test_plan_reasons_follow_an_overridden_loader_worker_count(capsys):
+    code, out, _ = run(capsys, "plan", "--set", "dataloader.num_workers=1", "--json")
+    assert code == 0
+    loader = json.loads(out)["plugins"]["dataloader"]
+    assert loader["num_workers"]["value"] == 1 and loader["num_workers"]["source"] == "override"
+    assert not any("no workers" in s["reason"] for s in loader.values()), loader
+    assert loader["persistent_workers"]["value"] is True
+    assert loader["prefetch_factor"]["value"] == 2
+    assert "num_workers=1, set by the user" in loader["persistent_workers"]["reason"]

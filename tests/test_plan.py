@@ -264,3 +264,72 @@ def test_malformed_serialised_plans(text, message):
         Plan.from_json(text)
     with pytest.raises(PlanError):
         Plan.from_yaml("plugins: [")
+
+
+def test_settings_that_follow_an_override_are_recomputed_from_it():
+    two_cores = fake_hardware(cpu=fake_cpu(physical_cores=2, logical_cores=2))
+    planned = make_plan(hardware=two_cores).plan  # a quarter of two cores: no workers
+    assert planned.get("dataloader", "num_workers") == 0
+    assert planned.setting("dataloader", "persistent_workers").reason == "no workers"
+    plan = make_plan(hardware=two_cores, overrides={"dataloader": {"num_workers": 1}}).plan
+    reasons = {k: s.reason for k, s in plan.settings["dataloader"].items()}
+    assert not any("no workers" in r for r in reasons.values()), reasons
+    assert plan.get("dataloader", "persistent_workers") is True
+    assert plan.get("dataloader", "prefetch_factor") == 2
+    # A dependent key the user set too stays as set.
+    both = make_plan(hardware=two_cores, overrides={"dataloader": {
+        "num_workers": 2, "persistent_workers": False}}).plan
+    assert both.get("dataloader", "persistent_workers") is False
+    assert both.setting("dataloader", "persistent_workers").source is Source.OVERRIDE
+    assert both.get("dataloader", "prefetch_factor") == 2
+    # And back to none: what followed the planned workers goes with them.
+    gpu = make_plan(hardware=h100_box(), overrides={"dataloader": {"num_workers": 0}}).plan
+    assert gpu.get("dataloader", "persistent_workers") is False
+    assert gpu.get("dataloader", "prefetch_factor") is None
+
+
+def test_with_values_force_replaces_an_override_and_keeps_the_effect():
+    plan = make_plan(hardware=cpu_laptop(), overrides={"compile": {"mode": "default"}}).plan
+    kept = plan.with_values("compile", {"mode": "off"}, Source.MEASURED, "measured")
+    assert kept.get("compile", "mode") == "default"  # an override beats a measurement
+    forced = plan.with_values("compile", {"mode": "off"}, Source.MEASURED, "fell back",
+                              force=True)
+    setting = forced.setting("compile", "mode")
+    assert (setting.value, setting.source, setting.reason) == ("off", Source.MEASURED, "fell back")
+    assert setting.effect is plan.setting("compile", "mode").effect
+
+
+def test_a_plugin_recomputes_what_follows_its_overridden_key_through_the_hook():
+    import autotune
+    from autotune.manager import PluginWarning
+    from autotune.plan import default
+    from autotune.testing import plugin_manager
+
+    class Cache:
+        NAME = "cache"
+
+        @autotune.hookimpl
+        def autotune_configure(self):
+            return {"size_mb": default(0, "no cache"), "evict": default("none", "no cache")}
+
+        @autotune.hookimpl
+        def autotune_follow_overrides(self, overrides):
+            size = overrides.get("size_mb", 0)
+            return {"evict": default("lru" if size else "none", f"for size_mb={size}"),
+                    "size_mb": default(-1, "never: the user set it")}
+
+    plan = make_plan(hardware=cpu_laptop(), manager=plugin_manager(plugins=[Cache()]),
+                     overrides={"cache": {"size_mb": 64}}).plan
+    assert plan.get("cache", "size_mb") == 64  # the user's word stands
+    assert plan.setting("cache", "evict") == Setting("lru", Source.DEFAULT, "for size_mb=64")
+
+    class Sloppy(Cache):
+        NAME = "sloppy"
+
+        @autotune.hookimpl
+        def autotune_follow_overrides(self):
+            return {"unknown_key": default(1, "?")}
+
+    with pytest.warns(PluginWarning, match="autotune_follow_overrides set key"):
+        make_plan(hardware=cpu_laptop(), manager=plugin_manager(plugins=[Sloppy()]),
+                  overrides={"sloppy": {"size_mb": 64}})

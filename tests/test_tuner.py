@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 import autotune
 from autotune import hookimpl
 from autotune.context import Workload
+from autotune.knobs import LOADER, Knob
 from autotune.manager import BUILTIN_PLUGINS
 from autotune.plan import Setting, Source
 from autotune.planner import make_plan
@@ -471,6 +472,32 @@ def test_a_second_pass_finds_a_setting_that_pays_only_on_top_of_another(clock) -
     assert "second (pass 2)" in roles
     assert result.plan.get("first", "mode") == "fast" and result.plan.get("second", "mode") == "fast"
     assert result.report.confirmation.gain == pytest.approx(4.0)
+
+
+class Knobbed(Costly):
+    """A :class:`Costly` plugin that describes its ``mode`` with ``knob``."""
+
+    def __init__(self, clock: FakeClock, knob: Knob, **kwargs: Any) -> None:
+        super().__init__(clock, **kwargs)
+        self.knob = knob
+
+    @hookimpl
+    def autotune_knobs(self) -> dict[str, Knob]:
+        return {"mode": self.knob}
+
+
+def test_a_knob_sharing_the_loaders_cores_is_searched_again_once_the_loader_changed(clock) -> None:
+    # No plugin is known by name: the knobs say which group is the loader's
+    # and which one shares its cores.
+    feeder = Knobbed(clock, Knob(off="plain", phase=LOADER), name="feeder", alternatives=("fast",))
+    cores = Knobbed(clock, Knob(off="plain", revisit_after_loader=True), name="cores")
+    other = Knobbed(clock, Knob(off="plain"), name="other")
+    report = tune_fake(feeder, cores, other, clock=clock).report
+    roles = [t.role for t in report.trials]
+    assert roles.index("cores") < roles.index("feeder") < roles.index("cores (after loader)")
+    assert roles.count("cores (after loader)") == 1  # pass 2 left the loader as it was
+    assert not any(r.startswith("other (after") or r.startswith("feeder (after") for r in roles)
+    assert report.winner_settings["feeder"] == {"mode": "fast"}
 
 
 def test_apply_measures_builtin_candidates_then_trains_with_the_winner() -> None:

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from autotune import hookimpl
 from autotune.context import Workload
-from autotune.plan import Source
+from autotune.manager import BUILTIN_PLUGINS
+from autotune.plan import Setting, Source
 from autotune.planner import make_plan
 from autotune.plugins import channels_last, compile, dataloader, mixed_precision, threads
 from autotune.testing import cpu_laptop, fake_hardware, h100_box, plugin_manager
-from autotune.tuner.candidates import baseline_config, order_groups, prune_reason
+from autotune.tuner.candidates import UNKNOWN_PRIOR, baseline_config
+from autotune.tuner.search import search_groups
 
 ZEN4 = fake_hardware(cpu={"physical_cores": 2, "logical_cores": 2, "flags": [
     "avx2", "avx512f", "avx512_bf16"]})
@@ -65,31 +71,114 @@ def test_thread_candidates_leave_room_for_loader_workers() -> None:
     assert {"intra_op": 6} in threads.candidates(cpu_laptop(), loader_workers=2)
 
 
-def _knobs(hardware) -> dict:
+def _planned(hardware, plugins=(), disable=()):
     loader = DataLoader(TensorDataset(torch.zeros(8, 3, 2, 2), torch.zeros(8)), batch_size=2)
-    planned = make_plan(hardware=hardware, manager=plugin_manager(),
-                        workload=Workload.inspect(nn.Conv2d(3, 3, 1), loader))
-    return planned.manager.knobs(planned.context, planned.plan)
+    return make_plan(hardware=hardware, manager=plugin_manager(plugins=plugins, disable=disable),
+                     workload=Workload.inspect(nn.Conv2d(3, 3, 1), loader))
+
+
+def _groups(hardware, device_type, plugins=(), disable=()):
+    planned = _planned(hardware, plugins, disable)
+    knobs = planned.manager.knobs(planned.context, planned.plan)
+    return search_groups(planned.plan, planned.context, device_type, knobs,
+                         manager=planned.manager)
+
+
+def _prune(hardware, plugin, values, device_type):
+    planned = _planned(hardware)
+    return planned.manager.prune_reason(planned.context, plugin, values, device_type)
 
 
 def test_priors_order_groups_and_prune_what_the_hardware_cannot_run() -> None:
-    cnn = Workload.inspect(nn.Sequential(nn.Conv2d(3, 3, 1)))
-    plugins = ["threads", "mixed_precision", "channels_last", "compile", "dataloader",
-               "accumulation", "clipping", "parallel_folds"]
-    laptop = [g.plugin for g in order_groups(plugins, cpu_laptop(), cnn, "cpu",
-                                             _knobs(cpu_laptop()))]
+    laptop = [g.plugin for g in _groups(cpu_laptop(), "cpu")]
     assert "mixed_precision" not in laptop  # no bf16 on that CPU, no fp16 without CUDA
     # Their knobs change what is trained, or belong to a whole run: never searched.
     assert not {"accumulation", "clipping", "parallel_folds"} & set(laptop)
-    assert laptop[-1] == "dataloader"  # loader settings come after the step settings
-    gpu = [g.plugin for g in order_groups(plugins, h100_box(), cnn, "cuda", _knobs(h100_box()))]
-    assert gpu[0] == "mixed_precision" and gpu[-1] == "dataloader"
-    assert prune_reason("mixed_precision", {"dtype": "fp16"}, ZEN4, "cpu")
-    assert prune_reason("mixed_precision", {"dtype": "bf16"}, cpu_laptop(), "cpu")
-    assert prune_reason("mixed_precision", {"dtype": "bf16"}, ZEN4, "cpu") is None
-    assert prune_reason("compile", {"mode": "reduce-overhead"}, ZEN4, "cpu")
-    assert prune_reason("compile", {"mode": "reduce-overhead"}, h100_box(), "cuda") is None
-    assert prune_reason("dataloader", {"pin_memory": True}, ZEN4, "cpu")
+    assert laptop == ["channels_last", "compile", "threads", "dataloader"]
+    gpu = _groups(h100_box(), "cuda")
+    assert [g.plugin for g in gpu] == ["mixed_precision", "compile", "channels_last", "threads",
+                                       "dataloader"]
+    assert [g.prior for g in gpu] == [0.6, 0.4, 0.3, 0.02, 0.5]
+    assert gpu[0].why == "tensor cores run bf16/fp16 matmuls and convolutions much faster"
+    # Compute threads are searched again once the loader changed: their knob says so.
+    assert [g.plugin for g in gpu if g.revisit_after_loader] == ["threads"]
+    assert _prune(ZEN4, "mixed_precision", {"dtype": "fp16"}, "cpu")
+    assert _prune(cpu_laptop(), "mixed_precision", {"dtype": "bf16"}, "cpu")
+    assert _prune(ZEN4, "mixed_precision", {"dtype": "bf16"}, "cpu") is None
+    assert _prune(ZEN4, "compile", {"mode": "reduce-overhead"}, "cpu") == (
+        "reduce-overhead uses CUDA graphs, which need CUDA")
+    assert _prune(h100_box(), "compile", {"mode": "reduce-overhead"}, "cuda") is None
+    assert _prune(ZEN4, "dataloader", {"pin_memory": True}, "cpu")
+    assert _prune(ZEN4, "dataloader", {"num_workers": 3}, "cpu") == (
+        "more workers than the 2 usable cores")
+    # Only the candidate's own plugin is asked.
+    assert _prune(ZEN4, "threads", {"dtype": "fp16"}, "cpu") is None
+
+
+class Searched:
+    """A third-party plugin that declares its prior (``None``: says nothing)."""
+
+    def __init__(self, name: str, prior: Any = None) -> None:
+        self.NAME = name
+        self.prior = prior
+
+    @hookimpl
+    def autotune_configure(self, context: Any) -> dict[str, Setting]:
+        return {"level": Setting("small", Source.DEFAULT, "test")}
+
+    @hookimpl
+    def autotune_search_prior(self, context: Any, device_type: str) -> Any:
+        return self.prior
+
+
+def test_a_third_party_plugin_gets_the_prior_it_declares() -> None:
+    eager, lazy, silent = Searched("eager", (0.9, "always pays")), Searched("lazy", (0.0, "no")), \
+        Searched("silent")
+    groups = _groups(h100_box(), "cuda", [eager, lazy, silent], disable=BUILTIN_PLUGINS)
+    assert [(g.plugin, g.prior, g.why) for g in groups] == [
+        ("eager", 0.9, "always pays"), ("silent", UNKNOWN_PRIOR, "third-party plugin")]
+    # Ahead of or behind the built-ins, as declared.
+    mixed = [g.plugin for g in _groups(h100_box(), "cuda", [Searched("tiny", (0.01, "rarely"))])]
+    assert mixed[0] == "mixed_precision" and mixed[-2:] == ["tiny", "dataloader"]
+    assert mixed.index("threads") < mixed.index("tiny")
+
+
+def test_a_malformed_prior_is_that_plugin_failing() -> None:
+    with pytest.warns(UserWarning, match="plugin 'odd' failed in autotune_search_prior"):
+        groups = _groups(h100_box(), "cuda", [Searched("odd", (-1, "negative"))],
+                         disable=BUILTIN_PLUGINS)
+    assert groups == []
+
+
+def test_the_search_follows_declared_priors_and_pruning() -> None:
+    from tuner_helpers import Costly, FakeClock, tune_fake
+
+    class Declared(Costly):
+        def __init__(self, clock: FakeClock, name: str, prior: Any, pruned: str) -> None:
+            super().__init__(clock, alternatives=("fast", "slow"), name=name)
+            self.prior, self.pruned = prior, pruned
+            self.asked: list[dict] = []
+
+        @hookimpl
+        def autotune_search_prior(self, device_type: str) -> Any:
+            return self.prior
+
+        @hookimpl
+        def autotune_prune_candidate(self, values: Any, device_type: str) -> str | None:
+            self.asked.append(dict(values))
+            return f"{values['mode']} is not for a {device_type}" if (
+                values["mode"] == self.pruned) else None
+
+    clock = FakeClock()
+    low = Declared(clock, "low", (0.2, "pays a little"), pruned="slow")
+    high = Declared(clock, "high", (0.9, "pays a lot"), pruned="fast")
+    never = Declared(clock, "never", (0.0, "not here"), pruned="")
+    report = tune_fake(low, high, never, clock=clock, cache=False).report
+    roles = [t.role for t in report.trials if t.role in ("low", "high", "never")]
+    assert roles == ["high", "low"]  # by declared prior; a prior of 0 is not searched
+    assert set(report.pruned) == {"high {'mode': 'fast'}: fast is not for a cpu",
+                                  "low {'mode': 'slow'}: slow is not for a cpu"}
+    assert {"mode": "fast"} in low.asked and not never.asked
 
 
 def test_baseline_is_pytorch_defaults_and_the_users_loader_but_keeps_overrides() -> None:

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from autotune import hookimpl
 from autotune.context import Workload
-from autotune.plan import Source
+from autotune.manager import BUILTIN_PLUGINS
+from autotune.plan import Setting, Source
 from autotune.planner import make_plan
 from autotune.testing import plugin_manager
 from autotune.tuner import SearchOptions, TrialOptions, find_batch_size, tune
@@ -194,3 +196,69 @@ def test_apply_with_batch_size_search_records_accumulation_as_measured() -> None
     assert tuned.loader.batch_size == 64
     assert tuned.plan.setting("accumulation", "steps").source is Source.OVERRIDE
     assert any(e.plugin == "tuner" and "accumulation.steps" in e.message for e in tuned.report)
+
+
+def test_a_loader_rebuilt_for_another_batch_size_keeps_what_the_user_set() -> None:
+    from autotune.tuner.batch_size import BatchSizeResult, with_batch_size
+
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.zeros(32)), batch_size=8,
+                        shuffle=True, drop_last=True, num_workers=1, timeout=7.0, in_order=False,
+                        prefetch_factor=3, persistent_workers=True)
+    found = BatchSizeResult(4, 2, 8, 5, 6, ())
+    for rebuilt in (with_batch_size(loader, 4), found.loader(loader)):
+        assert rebuilt.batch_size == 4 and rebuilt.drop_last and rebuilt.sampler is loader.sampler
+        assert rebuilt.timeout == 7.0 and rebuilt.in_order is False
+        assert rebuilt.num_workers == 1 and rebuilt.prefetch_factor == 3
+        assert rebuilt.persistent_workers
+    assert loader.batch_size == 8  # the user's loader is left as it was
+    probe = with_batch_size(loader, 2, num_workers=0)  # probes load in this process
+    assert probe.batch_size == 2 and probe.num_workers == 0 and probe.in_order is False
+
+
+class Windows:
+    """A third-party plugin that owns micro-batches per optimizer step."""
+
+    NAME = "windows"
+
+    def __init__(self) -> None:
+        self.engine_sizes: list[int] = []
+
+    @hookimpl
+    def autotune_configure(self, context: Any) -> dict[str, Setting]:
+        return {"size": Setting(3, Source.DEFAULT, "three micro-batches per step")}
+
+    @hookimpl
+    def autotune_micro_batches(self, plan: Any) -> int:
+        return plan.get(self.NAME, "size")
+
+    @hookimpl
+    def autotune_batch_size_found(self, batch_size: int, effective_batch: int) -> Any:
+        return {"size": Setting(effective_batch // batch_size, Source.MEASURED, "found")}
+
+    @hookimpl
+    def autotune_setup_engine(self, engine: Any, plan: Any) -> None:
+        self.engine_sizes.append(plan.get(self.NAME, "size"))
+
+
+def test_the_plugin_that_declares_micro_batches_keeps_the_effective_batch() -> None:
+    from autotune.tuner.batch_size import kept_by_user, with_settings
+
+    model, loader = Fragile(train_limit=20), vectors(8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    windows = Windows()
+    planned = make_plan(workload=Workload.inspect(model, loader),
+                        manager=plugin_manager(disable=BUILTIN_PLUGINS, plugins=[windows]))
+    found = find_batch_size(model, loader, optimizer, nn.functional.cross_entropy, planned.plan,
+                            context=planned.context, manager=planned.manager, device="cpu")
+    assert found.effective_batch == 24 and found.micro_batch == 12  # 20 fits; 18 with margin
+    assert set(windows.engine_sizes) == {1}  # every probe steps at each micro-batch
+    plan = with_settings(planned.plan, planned.manager.batch_size_found(
+        planned.plan, planned.context, found.micro_batch, found.effective_batch))
+    assert plan.setting("windows", "size") == Setting(2, Source.MEASURED, "found")
+    assert kept_by_user(planned.plan, planned.manager, planned.context, 8) is None
+    fixed = make_plan(workload=Workload.inspect(model, loader), overrides={"windows": {"size": 2}},
+                      manager=plugin_manager(disable=BUILTIN_PLUGINS, plugins=[Windows()]))
+    assert kept_by_user(fixed.plan, fixed.manager, fixed.context, 8) == (
+        "windows.size is set by the user")
+    alone = make_plan(manager=plugin_manager(disable=BUILTIN_PLUGINS))
+    assert "no plugin" in kept_by_user(alone.plan, alone.manager, alone.context, 8)

@@ -231,7 +231,7 @@ def _first_sentence(text: str, limit: int = 70) -> str:
 def _planned(args: argparse.Namespace) -> Planned:
     overrides = parse_overrides(getattr(args, "set", []) or [])
     return make_plan(profile=getattr(args, "profile", None), overrides=overrides or None,
-                     profile_dirs=args.profile_dir, manager=_manager(args))
+                     profile_dirs=args.profile_dir, manager=_manager(args), overrides_by="--set")
 
 
 def plugin_rows(planned: Planned) -> list[dict[str, Any]]:

@@ -6,8 +6,10 @@ at growing micro-batch sizes -- doubling, then bisecting between the
 largest size that fitted and the smallest that ran out of memory -- and
 keeps a safety margin below the largest that fitted (memory fragments, and
 a later batch may be larger). The effective batch (micro-batch x
-accumulation steps) stays what the user trains with: the micro-batch is the
-largest divisor of it that fits, and accumulation makes up the rest.
+micro-batches per optimizer step) stays what the user trains with: the
+micro-batch is the largest divisor of it that fits, and the plugin that
+accumulates micro-batches makes up the rest (``autotune_micro_batches``,
+``autotune_batch_size_found``: for example gradient accumulation).
 
 Out-of-memory is caught (``torch.cuda.OutOfMemoryError`` and RuntimeErrors
 saying "out of memory"); model, optimizer, RNG and flags are restored after
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.utils.data import DataLoader
 
 from autotune.errors import AutotuneError
-from autotune.plan import Plan
+from autotune.loaders import rebuild_loader
+from autotune.plan import Plan, Setting, Source
 from autotune.tuner.state import Snapshot
 from autotune.tuner.trial import classify_failure, is_oom
 
@@ -54,24 +57,44 @@ class BatchSizeResult:
 
 
 def with_batch_size(loader: DataLoader, batch_size: int, *, num_workers: int | None = None) -> DataLoader:
-    """A DataLoader like ``loader`` but with another batch size."""
+    """A DataLoader like ``loader`` but with another batch size (and, with
+    ``num_workers``, another worker count): :func:`autotune.loaders.rebuild_loader`,
+    so everything else the user set (sampler, timeout, in_order...) is kept."""
     if type(loader) is not DataLoader or loader.batch_size is None:
         raise AutotuneError("batch-size search needs a torch DataLoader built with batch_size=... "
                             "(not a custom batch_sampler), so the batch size can be changed")
     workers = loader.num_workers if num_workers is None else num_workers
-    kwargs: dict[str, Any] = dict(batch_size=batch_size, drop_last=loader.drop_last,
-                                  collate_fn=loader.collate_fn, num_workers=workers,
-                                  pin_memory=loader.pin_memory,
-                                  worker_init_fn=loader.worker_init_fn, generator=loader.generator)
-    from torch.utils.data import IterableDataset
+    return rebuild_loader(loader, num_workers=workers, pin_memory=loader.pin_memory,
+                          persistent_workers=loader.persistent_workers,
+                          prefetch_factor=loader.prefetch_factor, batch_size=batch_size)
 
-    if not isinstance(loader.dataset, IterableDataset):
-        kwargs["sampler"] = loader.sampler
-    if workers > 0:
-        kwargs.update(prefetch_factor=loader.prefetch_factor,
-                      persistent_workers=loader.persistent_workers,
-                      multiprocessing_context=loader.multiprocessing_context)
-    return DataLoader(loader.dataset, **kwargs)
+
+def with_settings(plan: Plan, settings: Mapping[str, Mapping[str, Setting]], *,
+                  force: bool = False) -> Plan:
+    """``plan`` with the settings plugins returned from
+    ``autotune_batch_size_found`` (``{plugin: {key: Setting}}``); a user's
+    override still wins unless ``force`` (a probe's own plan, never shipped)."""
+    for plugin, keys in settings.items():
+        for key, setting in keys.items():
+            source = Source.OVERRIDE if force else setting.source
+            plan = plan.with_values(plugin, {key: setting.value}, source, setting.reason)
+    return plan
+
+
+def kept_by_user(plan: Plan, manager: Any, context: Any, batch_size: int) -> str | None:
+    """Why the micro-batch cannot change without changing the effective
+    batch ("steps is set by the user" for the setting a plugin would have
+    to change), or ``None`` when it can."""
+    effective = batch_size * manager.micro_batches(plan)
+    wanted = manager.batch_size_found(plan, context, batch_size, effective)
+    for plugin, keys in wanted.items():
+        for key in keys:
+            setting = plan.setting(plugin, key)
+            if setting is not None and setting.source is Source.OVERRIDE:
+                return f"{plugin}.{key} is set by the user"
+    if not wanted:
+        return "no plugin in the plan makes up micro-batches (autotune_batch_size_found)"
+    return None
 
 
 def _divisor_at_most(n: int, limit: int) -> int:
@@ -88,21 +111,26 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                     max_batch: int | None = None, safety_margin: float = 0.9, steps: int = 2,
                     val_loader: DataLoader | None = None, budget: Any = None) -> BatchSizeResult:
     """See the module docstring. ``effective_batch`` defaults to the loader's
-    batch size times the plan's accumulation steps; ``max_batch`` caps the
+    batch size times the plan's micro-batches per optimizer step
+    (``autotune_micro_batches``); ``max_batch`` caps the
     probes (default: the effective batch). With a ``budget``
     (:class:`~autotune.tuner.budget.Budget`) each probe runs bounded by it;
     one the budget stops ends the search with what fitted so far."""
     from autotune.tuner.budget import BudgetStop, run_bounded
-    from autotune.api import resolve_device
+    from autotune.applying import resolve_device
     from autotune.engine import Engine
 
     if not 0 < safety_margin <= 1:
         raise AutotuneError(f"safety_margin must be in (0, 1], got {safety_margin}")
     plan = plan if plan is not None else Plan()
+    if manager is None:
+        from autotune.manager import PluginManager
+
+        manager = PluginManager()
     start = int(loader.batch_size or 0)
     if start < 1:
         raise AutotuneError("batch-size search needs a loader with batch_size >= 1")
-    effective = effective_batch or start * int(plan.get("accumulation", "steps", 1) or 1)
+    effective = effective_batch or start * manager.micro_batches(plan)
     cap = min(max_batch or effective, effective)
     target = resolve_device(device)
     snapshot = Snapshot.capture(model, optimizer, loader)
@@ -110,10 +138,13 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
 
     def probe(size: int) -> None:
         probe_loader = with_batch_size(loader, size, num_workers=0)
-        engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,
-                        device=target, progress=False)
+        # One optimizer step per micro-batch, so the optimizer's state is
+        # allocated within the probe's few steps.
+        probe_plan = with_settings(plan, manager.batch_size_found(plan, context, size, size),
+                                   force=True)
+        engine = Engine(model, optimizer, loss_fn, probe_plan, manager=manager,
+                        context=context, device=target, progress=False)
         try:
-            engine.accumulation_steps = 1
             engine.fit(probe_loader, epochs=steps, max_steps=steps)
         finally:
             engine.close()

@@ -81,7 +81,7 @@ class BenchResult:
         return a.samples_per_s / b.samples_per_s
 
     def table(self) -> str:
-        from autotune.cli.output import table
+        from autotune.tables import table
 
         rows = []
         for h in self.headlines:
@@ -162,7 +162,7 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
     """Tune ``workload`` (a name from :data:`autotune.workloads.WORKLOADS`
     or a :class:`~autotune.workloads.ReferenceWorkload`) and measure
     defaults vs tuned (vs the grid's best)."""
-    from autotune.api import resolve_device
+    from autotune.applying import resolve_device
 
     started = time.perf_counter()
     machine = machine_facts()
@@ -213,7 +213,7 @@ def confirm_configs(workload: str | ReferenceWorkload,
     of two searches with different budgets) back to back on a fresh build of
     ``workload``, interleaved, ``rounds`` times: medians that share the
     machine's conditions. "defaults" is always measured first."""
-    from autotune.api import resolve_device
+    from autotune.applying import resolve_device
     from autotune.tuner.candidates import baseline_config, searched_plugins
 
     spec = get_workload(workload) if isinstance(workload, str) else workload
@@ -223,7 +223,8 @@ def confirm_configs(workload: str | ReferenceWorkload,
     planned = make_plan(workload=Workload.inspect(model, loader, optimizer))
     context = replace(planned.context, workload=replace(planned.context.workload, loader=loader))
     knobs = planned.manager.knobs(context, planned.plan)
-    groups = search_groups(planned.plan, context, target.type, knobs)
+    groups = search_groups(planned.plan, context, target.type, knobs,
+                           manager=planned.manager)
     baseline = baseline_config(planned.plan, knobs, searched_plugins(knobs, groups))
     bench = Workbench(model, loader, optimizer, spec.loss_fn, planned.plan, context,
                       planned.manager, target, knobs)
@@ -240,9 +241,9 @@ def confirm_configs(workload: str | ReferenceWorkload,
 
 def short_label(changes: Mapping[str, Mapping[str, Any]], width: int = 64) -> str:
     """A bar label that keeps what tells trials apart: plugin prefixes
-    dropped (``dtype=bf16``, but ``compile=default``), switches by name
-    (``channels_last``), wrapped onto two lines rather than cut, since
-    trials often differ only at the end."""
+    dropped (for example ``dtype=bf16``, but ``compile=default``), switches
+    by name (for example ``channels_last``), wrapped onto two lines rather
+    than cut, since trials often differ only at the end."""
     parts = []
     for plugin, values in changes.items():
         for key, value in values.items():

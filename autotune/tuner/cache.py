@@ -6,8 +6,8 @@ fingerprint, the torch version, the device, the model (class, parameter and
 buffer names, shapes, dtypes), one batch (structure, shapes, dtypes), the
 loader (dataset type and length, batch size, sampler, workers...), the
 optimizer (type and its implementation flags, not learning rates), the loss
-function, and the base plan's values (user overrides, accumulation,
-clipping). Entries live in ``$AUTOTUNE_CACHE_DIR`` or the platform's user
+function, and the base plan's values (user overrides, and the settings the
+tuner never searches, for example gradient clipping). Entries live in ``$AUTOTUNE_CACHE_DIR`` or the platform's user
 cache directory, and are written atomically (a temporary file in the same
 directory, then ``os.replace``), so a crash or a concurrent run never
 leaves a half-written entry.

@@ -5,20 +5,21 @@ the plugins the tuner searches, laid over the plan (user overrides always
 stay as the user set them). Three kinds of configuration matter:
 
 * the **baseline** -- PyTorch defaults: every knob at the ``off`` value its
-  plugin declares through ``autotune_knobs`` (no autocast, no compile,
-  contiguous memory format, the user's DataLoader exactly as built, the
-  thread count torch has now). A plugin that declares no knobs keeps its
-  planned values. Settings that change what is trained (``Effect.TRAINING``:
-  accumulation, clipping) are never searched, and whole-process settings
-  (phase ``process``: folds at once) are not measured per trial;
+  plugin declares through ``autotune_knobs`` (for example no autocast, the
+  user's DataLoader exactly as built, the thread count torch has now). A
+  plugin that declares no knobs keeps its planned values. Settings that
+  change what is trained (``Effect.TRAINING``, for example gradient
+  clipping) are never searched, and whole-process settings (phase
+  ``process``, for example folds at once) are not measured per trial;
 * the **planned** configuration -- what the rules and the profile chose;
 * the alternatives plugins offer through ``autotune_candidates``.
 
-Priors (:func:`prior`) order the plugin groups by the gain they are likely
-to bring on this hardware and workload, so a short budget is spent where it
-pays; :func:`prune_reason` drops candidates the hardware cannot run well
-(bf16 on a CPU without bf16 instructions, fp16 on a CPU, CUDA graphs
-without CUDA, pinned memory without a GPU).
+Priors order the plugin groups (:func:`order_groups`) by the gain they are
+likely to bring on this hardware and workload, so a short budget is spent
+where it pays; each plugin declares its own (``autotune_search_prior``), and
+prunes the candidates of its own the hardware cannot run well
+(``autotune_prune_candidate``: for example bf16 on a CPU without bf16
+instructions, CUDA graphs without CUDA). Nothing here knows a plugin by name.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from autotune.context import Workload
-from autotune.hardware import Hardware
 from autotune.knobs import LOADER, STEP, Knob, Knobs
 from autotune.plan import Plan, Source
 
@@ -91,6 +90,9 @@ class Group:
     phase: str
     prior: float
     why: str
+    #: Searched again once the loader-phase settings changed
+    #: (``Knob.revisit_after_loader``).
+    revisit_after_loader: bool = False
 
 
 def searched_keys(plan: Plan, plugin: str, knobs: Knobs | None = None) -> set[str]:
@@ -153,64 +155,21 @@ def planned_config(plan: Plan, plugins: Iterable[str], baseline: Config,
     return Config(values)
 
 
-def prior(plugin: str, hardware: Hardware, workload: Workload, device_type: str) -> tuple[float, str]:
-    """Expected relative gain of searching ``plugin`` here (0: not worth a
-    trial), with the reason. Used to order groups, never as a result."""
-    cuda = device_type == "cuda"
-    conv = workload.has_conv2d
-    if plugin == "mixed_precision":
-        if cuda:
-            return 0.6, "tensor cores run bf16/fp16 matmuls and convolutions much faster"
-        if hardware.cpu.has_bf16:
-            return 0.6, "the CPU has native bf16 (AVX512-BF16/AMX)"
-        return 0.0, "no native bf16 on this CPU and fp16 autocast needs CUDA"
-    if plugin == "channels_last":
-        if not conv:
-            return 0.0, "no Conv2d in the model"
-        return (0.3, "NHWC convolutions (cuDNN/oneDNN)")
-    if plugin == "compile":
-        return (0.4, "kernel fusion and CUDA graphs") if cuda else (
-            0.2, "inductor fuses elementwise ops; pays only on some models on CPU")
-    if plugin == "dataloader":
-        return (0.5, "an input-bound GPU waits for the loader") if cuda else (
-            0.1, "loader workers compete with compute threads on a CPU")
-    if plugin == "threads":
-        return (0.02, "intra-op threads rarely matter when a GPU computes") if cuda else (
-            0.05, "compute threads vs loader workers on the same cores")
-    return UNKNOWN_PRIOR, "third-party plugin"
-
-
-def order_groups(plugins: Iterable[str], hardware: Hardware, workload: Workload,
-                 device_type: str, knobs: Knobs | None = None) -> list[Group]:
+def order_groups(plugins: Iterable[str], priors: Mapping[str, tuple[float, str]],
+                 knobs: Knobs | None = None) -> list[Group]:
     """Step groups by prior (highest first), then the loader groups; plugins
-    whose knobs are all semantic or whole-process are not searched."""
+    whose knobs are all semantic or whole-process are not searched, nor those
+    whose prior is 0. ``priors``: ``{plugin: (gain, reason)}`` as the plugins
+    declare them (``autotune_search_prior``); a plugin without one gets
+    :data:`UNKNOWN_PRIOR`."""
     groups = []
     for plugin in plugins:
         phase = phase_of(plugin, knobs or {})
         if phase is None:
             continue
-        gain, why = prior(plugin, hardware, workload, device_type)
+        gain, why = priors.get(plugin, (UNKNOWN_PRIOR, "third-party plugin"))
         if gain > 0:
-            groups.append(Group(plugin, phase, gain, why))
+            revisit = any(k.revisit_after_loader and k.searchable
+                          for k in (knobs or {}).get(plugin, {}).values())
+            groups.append(Group(plugin, phase, gain, why, revisit))
     return sorted(groups, key=lambda g: (g.phase == LOADER, -g.prior))
-
-
-def prune_reason(plugin: str, values: Mapping[str, Any], hardware: Hardware,
-                 device_type: str) -> str | None:
-    """Why this candidate is not worth a trial here, or None."""
-    cuda = device_type == "cuda"
-    if plugin == "mixed_precision":
-        dtype = values.get("dtype")
-        if dtype == "fp16" and not cuda:
-            return "fp16 autocast needs CUDA (emulated and slow on a CPU)"
-        if dtype == "bf16" and not cuda and not hardware.cpu.has_bf16:
-            return "this CPU has no bf16 instructions (AVX512-BF16/AMX)"
-        if dtype == "bf16" and cuda and hardware.gpus and not hardware.gpus[0].bf16:
-            return f"{hardware.gpus[0].name} has no bf16 tensor cores"
-    if plugin == "compile" and values.get("mode") == "reduce-overhead" and not cuda:
-        return "reduce-overhead uses CUDA graphs, which need CUDA"
-    if plugin == "dataloader" and values.get("pin_memory") and not cuda:
-        return "pinned memory only speeds up copies to a GPU"
-    if plugin == "dataloader" and int(values.get("num_workers") or 0) > hardware.cpu.worker_budget:
-        return f"more workers than the {hardware.cpu.worker_budget} usable cores"
-    return None

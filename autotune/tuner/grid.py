@@ -8,7 +8,7 @@ import itertools
 import logging
 from typing import Any
 
-from autotune.tuner.candidates import Config, prune_reason, restrict
+from autotune.tuner.candidates import Config, restrict
 from autotune.tuner.report import Trial
 from autotune.tuner.runner import TrialRunner
 from autotune.tuner.search import Search
@@ -29,7 +29,8 @@ def grid_configs(search: Search) -> list[Config]:
         options: list[dict[str, Any]] = [dict(current)] if current else []
         for alternative in offered.get(group.plugin, []):
             values = {**current, **restrict(bench.plan, group.plugin, alternative)}
-            if prune_reason(group.plugin, values, bench.context.hardware, bench.device.type):
+            if bench.manager.prune_reason(bench.context, group.plugin, values,
+                                          bench.device.type):
                 continue
             if values not in options:
                 options.append(values)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from autotune.errors import AutotuneError
-from autotune.plan import Plan, Source
+from autotune.plan import Plan
 from autotune.report import Kind, Report
 from autotune.tuner.budget import Budget
 from autotune.tuner.report import TuningReport
@@ -80,23 +80,26 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
     if budget is None:
         budget = Budget(DEFAULT_BUDGET_S if budget_s is None else budget_s)
     found = None
-    steps_setting = plan.setting("accumulation", "steps")
-    if batch_size and steps_setting is not None and steps_setting.source is Source.OVERRIDE:
-        events.add(NAME, Kind.WARNING, "batch-size search skipped: accumulation.steps is set "
-                   "by the user, so another micro-batch would change the effective batch")
-    elif batch_size:
-        from autotune.tuner.batch_size import find_batch_size
+    manager, context = planned.manager, planned.context
+    kept = None
+    if batch_size:
+        from autotune.tuner.batch_size import kept_by_user
 
-        found = find_batch_size(model, loader, optimizer, loss_fn, plan, context=planned.context,
-                                manager=planned.manager, device=device, budget=budget)
+        kept = kept_by_user(plan, manager, context, int(getattr(loader, "batch_size", 0) or 1))
+    if kept:
+        events.add(NAME, Kind.WARNING, f"batch-size search skipped: {kept}, so another "
+                   "micro-batch would change the effective batch")
+    elif batch_size:
+        from autotune.tuner.batch_size import find_batch_size, with_settings
+
+        found = find_batch_size(model, loader, optimizer, loss_fn, plan, context=context,
+                                manager=manager, device=device, budget=budget)
         if found.micro_batch != loader.batch_size:
             loader = found.loader(loader)
-        plan = plan.with_values("accumulation", {"steps": found.accumulation_steps},
-                                Source.MEASURED, f"micro-batch {found.micro_batch} x "
-                                f"{found.accumulation_steps} keeps the effective batch "
-                                f"{found.effective_batch} (largest fitting: {found.largest_fitting})")
+        plan = with_settings(plan, manager.batch_size_found(
+            plan, context, found.micro_batch, found.effective_batch, found.largest_fitting))
         events.add(NAME, Kind.APPLIED, f"batch size: micro-batch {found.micro_batch} x "
-                   f"{plan.get('accumulation', 'steps')} accumulation steps = effective batch "
+                   f"{manager.micro_batches(plan)} accumulation steps = effective batch "
                    f"{found.effective_batch}")
     result = run_tuning(model, loader, optimizer, loss_fn, plan, context=planned.context,
                         manager=planned.manager, device=device, budget=budget,

@@ -14,8 +14,10 @@ Strategy (coordinate descent over plugin groups, ordered by priors):
    (within twice the margin) first re-measures the incumbent (``recheck``)
    when the budget allows.
 4. **Loader groups** are measured end to end with the chosen step
-   settings, then the threads group is revisited if the number of loader
-   workers changed (they share cores).
+   settings, then the groups whose knobs ask for it
+   (``Knob.revisit_after_loader``, for example compute threads, which share
+   the cores with loader workers) are searched again if the loader settings
+   the search adopted changed.
 5. **Another pass** over all groups when the last one adopted something
    (at most :data:`MAX_PASSES`). Values that were clearly slower or failed
    are not retried; configurations already measured are reused.
@@ -41,8 +43,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from autotune.tuner.candidates import (LOADER, Config, Group, order_groups, prune_reason,
-                                       restrict)
+from autotune.tuner.candidates import LOADER, Config, Group, order_groups, restrict
 from autotune.tuner.confirm import Confirmation, confirm
 from autotune.tuner.report import Trial
 from autotune.tuner.runner import TrialRunner
@@ -106,7 +107,7 @@ class SearchState:
     """What a search cut short leaves for the next call to continue from."""
 
     incumbent: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    #: Steps finished ("planned", "<plugin>@<pass>", "threads-after-loader@<pass>").
+    #: Steps finished ("planned", "<plugin>@<pass>", "<plugin>-after-loader@<pass>").
     done: tuple[str, ...] = ()
     #: (plugin, values) measured clearly slower than the incumbent, or failed.
     losers: tuple[tuple[str, str], ...] = ()
@@ -261,20 +262,25 @@ class Search:
     def run_groups(self, groups: list[Group]) -> None:
         """Passes over the groups until one adopts nothing (at most
         :data:`MAX_PASSES`): a setting that was within noise on its own may
-        pay on top of a later winner (channels_last once compiled). Later
-        passes skip values that were clearly slower or failed."""
+        pay on top of a later winner (for example a memory format once the
+        model is compiled). Later passes skip values that were clearly slower
+        or failed. Groups whose knobs ask for it are searched again after a
+        pass that changed the loader-phase settings."""
         for number in range(1, MAX_PASSES + 1):
             self._pass = number
             adopted = self._adoptions
-            workers_before = self._workers()
+            loader_before = self._loader_values(groups)
             suffix = "" if number == 1 else f" (pass {number})"
             for group in groups:
                 self._step(group, f"{group.plugin}@{number}", group.plugin + suffix)
-            threads = [g for g in groups if g.plugin == "threads"]
-            if threads and self._workers() != workers_before:
-                self._pass, saved = 1, self._pass  # worker counts changed: retry them all
-                self._step(threads[0], f"threads-after-loader@{number}", "threads (after loader)")
-                self._pass = saved
+            if self._loader_values(groups) != loader_before:
+                for group in groups:
+                    if not group.revisit_after_loader or group.phase == LOADER:
+                        continue
+                    self._pass, saved = 1, self._pass  # the loader changed: retry them all
+                    self._step(group, f"{group.plugin}-after-loader@{number}",
+                               f"{group.plugin} (after loader)")
+                    self._pass = saved
             if self.out_of_budget or (self._adoptions == adopted
                                       and not self._resumed_pass(number + 1)):
                 break
@@ -323,21 +329,23 @@ class Search:
             self.incumbent = self.baseline_trial
 
     # -- internals ---------------------------------------------------------------
-    def _workers(self) -> Any:
-        return self.incumbent_config.values.get("dataloader", {}).get("num_workers")
+    def _loader_values(self, groups: list[Group]) -> dict[str, Any]:
+        """The incumbent's values of every loader-phase group."""
+        return {g.plugin: dict(self.incumbent_config.values.get(g.plugin, {}))
+                for g in groups if g.phase == LOADER}
 
     def _candidates(self, group: Group) -> Iterator[Config]:
         b = self.bench
         plan = self.incumbent_config.to_plan(b.plan, "incumbent")
         offered = b.manager.candidates(b.context, plan).get(group.plugin, [])
-        hardware = b.context.hardware
         current = self.incumbent_config.values.get(group.plugin, {})
         seen: set[str] = set()
         for alternative in offered:
             values = restrict(b.plan, group.plugin, alternative, b.knobs)
             if not values:
                 continue
-            why = prune_reason(group.plugin, {**current, **values}, hardware, b.device.type)
+            why = b.manager.prune_reason(b.context, group.plugin, {**current, **values},
+                                         b.device.type)
             if why:
                 self.pruned.append(f"{group.plugin} {values}: {why}")
                 continue
@@ -450,14 +458,19 @@ class Search:
 
     def groups(self) -> list[Group]:
         b = self.bench
-        return search_groups(b.plan, b.context, b.device.type, b.knobs, self.options.only)
+        return search_groups(b.plan, b.context, b.device.type, b.knobs, self.options.only,
+                             manager=b.manager)
 
 
 def search_groups(plan: Any, context: Any, device_type: str, knobs: Any,
-                  only: tuple[str, ...] | None = None) -> list[Group]:
-    """The plugin groups to search, in order (see :func:`order_groups`)."""
+                  only: tuple[str, ...] | None = None, *, manager: Any) -> list[Group]:
+    """The plugin groups to search, in order (see :func:`order_groups`), with
+    the priors the plugins declare (``autotune_search_prior``)."""
     plugins = [p for p in plan.plugins() if only is None or p in only]
-    groups = order_groups(plugins, context.hardware, context.workload, device_type, knobs)
+    priors = manager.search_priors(context, device_type, plugins)
+    # A plugin whose answer was malformed has failed: it is not searched.
+    plugins = [p for p in plugins if p in manager.drop_failed(plan).settings]
+    groups = order_groups(plugins, priors, knobs)
     log.info("search order: %s", ", ".join(f"{g.plugin} ({g.prior:g}: {g.why})" for g in groups))
     return groups
 

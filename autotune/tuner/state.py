@@ -6,7 +6,8 @@ DataLoader; before the next trial (and when tuning ends, also after
 Ctrl-C) :meth:`Snapshot.restore` puts back, bitwise:
 
 * every parameter and buffer (BatchNorm running stats included), with its
-  original strides, so a channels_last trial leaves no NHWC weights behind;
+  original strides, so a trial (for example of channels_last) leaves no NHWC
+  weights behind;
   parameters keep their identity (``.data`` is restored), so an optimizer
   built on them stays valid;
 * gradients and each module's train/eval flag;
@@ -32,9 +33,9 @@ from typing import Any, Callable
 
 import torch
 
-log = logging.getLogger("autotune.tuner")
+from autotune.resources import THREAD_ENV_VARIABLES as THREAD_VARIABLES
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+log = logging.getLogger("autotune.tuner")
 
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:

@@ -161,7 +161,7 @@ class ChunkTimer:
     every step it also checks the budget (``budget.check()`` raises
     :class:`~autotune.tuner.budget.BudgetStop` once it has run out)."""
 
-    def __init__(self, options: TrialOptions, device: torch.device, accumulation: int,
+    def __init__(self, options: TrialOptions, device: torch.device, micro_batches: int,
                  check_loss: Callable[[], bool],
                  check_plan: Callable[[], str | None] = lambda: None,
                  budget: Any = None, progress: "TrialProgress | None" = None) -> None:
@@ -171,7 +171,7 @@ class ChunkTimer:
         self.device = device
         self.budget = budget
         self.clock = options.clock
-        self.k = max(1, accumulation)
+        self.k = max(1, micro_batches)
         self.check_loss = check_loss
         warmup = max(options.warmup_steps, 1)
         self.warmup_steps = math.ceil(warmup / self.k) * self.k
@@ -349,7 +349,7 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
     ``reset_compiler``: start from a clean dynamo cache -- recompiling the same
     forward for trial after trial would hit dynamo's recompile limit and
     silently run eagerly."""
-    from autotune.api import apply_plan
+    from autotune.applying import apply_plan
     from autotune.engine import Engine
 
     progress = progress if progress is not None else TrialProgress()
@@ -366,7 +366,9 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
                            report=report)
         engine = Engine(tuned.model, optimizer, watch, plan, manager=manager, context=context,
                         device=device, progress=False, report=report)
-        timer = ChunkTimer(options, device, engine.accumulation_steps, watch.all_finite,
+        # Chunks hold whole optimizer steps: micro-batches per step as the
+        # plugins in the engine's plan declare them (autotune_micro_batches).
+        timer = ChunkTimer(options, device, manager.micro_batches(engine.plan), watch.all_finite,
                            lambda: _fallback_reason(report, changed_plugins), budget=budget,
                            progress=progress)
         progress.phase = "warm-up"

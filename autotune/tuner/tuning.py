@@ -151,7 +151,7 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     :param cache: read and write the tuning cache.
     :param options: search and trial options (noise margin, chunks...).
     """
-    from autotune.api import resolve_device
+    from autotune.applying import resolve_device
     from autotune.batches import model_device
 
     _check(model, loader, optimizer, loss_fn)
@@ -163,7 +163,7 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     # The knobs describe this loader (the batch-size search may have rebuilt it).
     context = replace(context, workload=replace(context.workload, loader=loader))
     knobs = manager.knobs(context, plan)
-    groups = search_groups(plan, context, target.type, knobs, options.only)
+    groups = search_groups(plan, context, target.type, knobs, options.only, manager=manager)
     searched = searched_plugins(knobs, groups)
     baseline = baseline_config(plan, knobs, searched)
     snapshot = Snapshot.capture(model, optimizer, loader)
