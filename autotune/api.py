@@ -7,8 +7,9 @@ The flow is three stages, each usable on its own:
 2. :func:`autotune.tuner.tune` -- measured tuning: trials on the user's own
    model and loader, the winner written into the plan as "measured"
    (when loader, optimizer and loss_fn are given; see docs/tuning.md);
-3. :func:`apply_plan` -- move the model to the device and run the plugins'
-   ``autotune_apply_model`` / ``autotune_apply_loader`` hooks.
+3. :func:`~autotune.applying.apply_plan` -- move the model to the device
+   and run the plugins' ``autotune_apply_model`` / ``autotune_apply_loader``
+   hooks.
 
 Training happens in the engine built by :meth:`Tuned.engine`, whose
 plugins' ``autotune_setup_engine`` hooks install the step behaviour.
@@ -18,73 +19,24 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
-from autotune.batches import model_device
-from autotune.context import Context, Workload
-from autotune.engine import Engine
+# apply_plan and the Tuned result live in autotune.applying (the tuner,
+# cross-validation and DDP use them without this facade); re-exported here.
+from autotune.applying import Tuned, _check_model, apply_plan, resolve_device
+from autotune.context import Workload
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
 from autotune.manager import PluginManager
-from autotune.plan import Plan
 from autotune.planner import make_plan
-from autotune.profile import Recommendation
-from autotune.report import Kind, Report
 
 if TYPE_CHECKING:  # pragma: no cover
     from autotune.tuner import SearchOptions
 
 log = logging.getLogger("autotune.api")
-
-
-@dataclass(frozen=True)
-class Tuned:
-    """What :func:`apply` returns: the transformed model and loader, the plan
-    they were made with, and a report of what each plugin did."""
-
-    #: The model to train: the user's module (moved to :attr:`device`, maybe
-    #: converted to channels_last in place), maybe wrapped by torch.compile.
-    model: torch.nn.Module
-    #: The rebuilt DataLoader (or the user's, when nothing changed); None
-    #: when no loader was given.
-    loader: Any
-    plan: Plan
-    report: Report
-    context: Context
-    manager: PluginManager
-    device: torch.device
-    #: Which profile matched and why; None when the plan was given directly.
-    recommendation: Recommendation | None = None
-    #: The measured-tuning report (trials, winner, break-even); None when
-    #: nothing was measured. See docs/tuning.md.
-    tuning: Any = None
-
-    def engine(self, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], torch.Tensor],
-               **kwargs: Any) -> Engine:
-        """The training engine with this plan applied. ``kwargs`` go to
-        :class:`~autotune.engine.Engine` (``scheduler``, ``progress``...).
-        Close it (or use ``with``) to undo the global settings it made."""
-        kwargs.setdefault("device", self.device)
-        kwargs.setdefault("report", self.report)
-        return Engine(self.model, optimizer, loss_fn, self.plan, manager=self.manager,
-                      context=self.context, **kwargs)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> the first CUDA GPU when there is one, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise AutotuneError(f"device={device!r} is not a torch device: {exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AutotuneError(f"device={device!r} was asked for, but CUDA is not available "
-                            "(torch.cuda.is_available() is False)")
-    return resolved
 
 
 def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
@@ -158,31 +110,4 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     return replace(tuned, tuning=measured.report)
 
 
-def apply_plan(model: torch.nn.Module, loader: Any, plan: Plan, *, context: Context,
-               manager: PluginManager, device: str | torch.device | None = None,
-               recommendation: Recommendation | None = None,
-               report: Report | None = None) -> Tuned:
-    """Apply an existing plan: move the model to ``device`` (in place, so
-    an optimizer built on its parameters stays valid), then run the
-    plugins' apply hooks. The tuner calls this for each candidate plan."""
-    _check_model(model)
-    target = resolve_device(device)
-    report = report if report is not None else Report()
-    if model_device(model) != target:
-        model.to(target)
-    failed_before = set(manager.not_loaded_reasons())
-    transformed = manager.apply_model(model, plan, context, report)
-    new_loader = manager.apply_loader(loader, plan, context, report) if loader is not None else None
-    for name, why in manager.not_loaded_reasons().items():
-        if name not in failed_before and name in plan:
-            report.add(name, Kind.FALLBACK, f"left out: {why}; its part stays PyTorch's default")
-    for name, why in plan.disabled.items():
-        report.add(name, Kind.SKIPPED, f"{why}: its part stays PyTorch's default")
-    log.info("applied plan (profile %s) on %s: %d events", plan.profile, target, len(report))
-    return Tuned(model=transformed, loader=new_loader, plan=plan, report=report, context=context,
-                 manager=manager, device=target, recommendation=recommendation)
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, torch.nn.Module):
-        raise AutotuneError(f"apply: model must be a torch.nn.Module, got {type(model).__name__}")
+__all__ = ["Tuned", "apply", "apply_plan", "resolve_device"]

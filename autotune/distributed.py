@@ -11,7 +11,8 @@ all-reduced once per optimizer step. What this module adds around it:
   ``broadcast_object_list`` so every rank trains with the same settings;
 * :func:`prepare` -- a ``DistributedSampler`` loader that reshuffles every
   epoch, the plan's model and loader hooks, the ``DistributedDataParallel``
-  wrapper (``torch.compile`` goes over it, as PyTorch recommends), and
+  wrapper and the plugins that wrap it in turn (``autotune_wrap_distributed``:
+  ``torch.compile`` goes over DDP, as PyTorch recommends), and
   :meth:`Prepared.engine`, whose progress bars show on rank 0 only;
 * :func:`write_run_files` / :func:`rank_zero_only` -- only rank 0 writes.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -281,25 +282,33 @@ def _make_plan_for(model: torch.nn.Module, loader: Any, disable: tuple[str, ...]
                      overrides=overrides).plan
 
 
-def share_cores(plan: Plan, hardware: Any = None) -> Plan:
-    """The plan with ``threads.intra_op`` divided among the ranks on this
-    node (``LOCAL_WORLD_SIZE``): the threads plugin plans for one process per
-    machine, and N ranks with all cores each would oversubscribe the CPU. A
-    user's override is kept."""
-    from autotune.cv.fold import force_values
+def share_cores(plan: Plan, hardware: Any = None, *, context: Any = None,
+                manager: Any = None) -> Plan:
+    """The plan for one of the ranks on this node (``LOCAL_WORLD_SIZE``),
+    which share its cores: the plugins plan for one process per machine, and
+    N ranks with all cores each would oversubscribe the CPU. Each plugin in
+    the plan says what changes under the share (``autotune_resource_share``;
+    the threads plugin sets its intra-op threads to the rank's cores, a
+    user's override kept)."""
     from autotune.detect import detect
-    from autotune.plan import Source
+    from autotune.resources import Share, share_plan
 
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    setting = plan.setting("threads", "intra_op")
-    if local_ranks <= 1 or setting is None or setting.source is Source.OVERRIDE:
+    if local_ranks <= 1:
         return plan
-    cores = (hardware or detect()).cpu.worker_budget
-    share = max(1, cores // local_ranks)
-    if setting.value is not None and int(setting.value) <= share:
-        return plan
-    return force_values(plan, "threads", {"intra_op": share},
-                        f"{local_ranks} ranks on this node share {cores} cores", Source.DEFAULT)
+    if context is None:
+        from autotune.cv.runner import context_for_plan
+
+        context = context_for_plan(plan, hardware=hardware)
+    if manager is None:
+        from autotune.manager import PluginManager
+
+        manager = PluginManager()
+    manager.load()
+    cores = (hardware or context.hardware or detect()).cpu.worker_budget
+    share = Share(threads=max(1, cores // local_ranks),
+                  reason=f"{local_ranks} ranks on this node share {cores} cores")
+    return share_plan(plan, share, context=context, manager=manager)
 
 
 def prepare(model: torch.nn.Module, loader: Any = None,
@@ -320,11 +329,10 @@ def prepare(model: torch.nn.Module, loader: Any = None,
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    from autotune.api import apply_plan
+    from autotune.applying import apply_plan
     from autotune.context import Workload
     from autotune.cv.runner import context_for_plan
     from autotune.manager import PluginManager
-    from autotune.report import Kind
 
     if not is_initialized():
         raise DistributedError("prepare() needs the process group; call "
@@ -338,7 +346,6 @@ def prepare(model: torch.nn.Module, loader: Any = None,
         plan = broadcast_plan(plan)
     if not isinstance(plan, Plan):
         raise DistributedError(f"the plan function returned {type(plan).__name__}, not a Plan")
-    plan = share_cores(plan)
     current = info()
     target = torch.device(device if device is not None else current.device)
     manager = PluginManager(disable=disable)
@@ -346,23 +353,18 @@ def prepare(model: torch.nn.Module, loader: Any = None,
     dist_loader = distributed_loader(loader, shuffle=shuffle, seed=seed) if loader is not None \
         else None
     context = context_for_plan(plan, Workload.inspect(model, dist_loader))
-    # torch.compile goes over the DDP wrapper (DDP's graph-break optimizer
-    # splits the graph at bucket boundaries), so the other plugins' model
-    # hooks run first, on the plain module.
-    mode = plan.get("compile", "mode", "off")
-    eager_plan = replace(plan, settings={p: v for p, v in plan.settings.items() if p != "compile"})
-    tuned = apply_plan(model, dist_loader, eager_plan, context=context, manager=manager,
-                       device=target)
+    plan = share_cores(plan, context.hardware, context=context, manager=manager)
+    # A plugin that wraps the DDP module (torch.compile goes over DDP: its
+    # graph-break optimizer splits the graph at bucket boundaries) sits out
+    # the model hooks, which run first, on the plain module.
+    wrappers = manager.implementers("autotune_wrap_distributed", plan.plugins())
+    tuned = apply_plan(model, dist_loader, plan, context=context, manager=manager,
+                       device=target, skip_model_hooks=wrappers)
     ddp_options = dict(ddp_kwargs or {})
     if target.type == "cuda":
         ddp_options.setdefault("device_ids", [target.index if target.index is not None else 0])
     wrapped: torch.nn.Module = DistributedDataParallel(tuned.model, **ddp_options)
-    if mode != "off":
-        from autotune.plugins.compile import compile_model
-
-        wrapped = compile_model(wrapped, mode, bool(plan.get("compile", "fullgraph", False)))
-        tuned.report.add("compile", Kind.APPLIED, f"torch.compile(mode={mode!r}) over "
-                         "DistributedDataParallel")
+    wrapped = manager.wrap_distributed(wrapped, plan, context, tuned.report)
     out_loader = EpochLoader(tuned.loader) if tuned.loader is not None else None
     return Prepared(model=wrapped, loader=out_loader, plan=plan, report=tuned.report,
                     context=context, manager=manager, device=target, info=current)

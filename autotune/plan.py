@@ -133,19 +133,26 @@ class Plan:
 
     # -- deriving ----------------------------------------------------------
     def with_values(self, plugin: str, values: Mapping[str, Any], source: Source,
-                    reason: str) -> "Plan":
+                    reason: str, *, force: bool = False) -> "Plan":
         """A new plan with ``values`` set for ``plugin``, unless a setting of
         higher precedence is already there (a user override beats a
-        measurement)."""
+        measurement). With ``force`` the values are set whatever was there:
+        what training actually ran with (a fallback), or what the machine
+        leaves no choice about (a fold's share). Each setting keeps its
+        effect. The one way to change a plan's settings: the tuner, the
+        engine (``Engine.revise_plan``) and cross-validation all come here."""
         settings = {p: dict(k) for p, k in self.settings.items()}
         current = settings.setdefault(plugin, {})
         for key, value in values.items():
             old = current.get(key)
-            if old is not None and old.source.rank > source.rank:
+            if not force and old is not None and old.source.rank > source.rank:
                 continue
             current[key] = Setting(value, source, reason,
                                    old.effect if old is not None else Effect.SPEED)
-        disabled = {p: r for p, r in self.disabled.items() if p != plugin}
+        # Values from the tuner or the user turn a plugin on; a forced record
+        # of what ran (or of a share) does not.
+        disabled = (dict(self.disabled) if force
+                    else {p: r for p, r in self.disabled.items() if p != plugin})
         return replace(self, settings=settings, disabled=disabled)
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Plan":

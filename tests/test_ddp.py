@@ -119,3 +119,69 @@ def test_share_cores_divides_threads_among_local_ranks(monkeypatch):
     assert "4 ranks on this node" in shared.setting("threads", "intra_op").reason
     kept = distributed.share_cores(plan.with_overrides({"threads": {"intra_op": 8}}), hardware)
     assert kept.get("threads", "intra_op") == 8  # the user's word stands
+
+
+def test_share_cores_asks_every_plugin_in_the_plan_for_its_share(monkeypatch):
+    import autotune
+    from autotune.planner import make_plan
+    from autotune.plan import default
+    from autotune.resources import Share
+    from autotune.testing import fake_cpu, fake_hardware, plugin_manager
+
+    class Pool:
+        """A third-party plugin with a worker pool of its own."""
+
+        NAME = "pool"
+        shares: list = []
+
+        @autotune.hookimpl
+        def autotune_configure(self):
+            return {"size": default(8, "one per core")}
+
+        @autotune.hookimpl
+        def autotune_resource_share(self, plan, share):
+            self.shares.append(share)
+            return {"size": default(share.threads, share.reason)}
+
+    manager = plugin_manager(plugins=[Pool()])
+    hardware = fake_hardware(cpu=fake_cpu(physical_cores=8, logical_cores=8))
+    planned = make_plan(hardware=hardware, manager=manager)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    shared = distributed.share_cores(planned.plan, hardware, context=planned.context,
+                                     manager=manager)
+    assert Pool.shares == [Share(threads=4, reason="2 ranks on this node share 8 cores")]
+    assert shared.get("pool", "size") == 4 and shared.get("threads", "intra_op") == 4
+
+
+def test_compile_wraps_the_ddp_module_once(monkeypatch):
+    """One rank of one, in this process: compile sits out the model hooks and
+    goes over DistributedDataParallel through autotune_wrap_distributed."""
+    import socket
+
+    from autotune.batches import find_ddp, is_compiled
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for variable, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    loader = DataLoader(TensorDataset(torch.randn(16, 4), torch.zeros(16, dtype=torch.long)),
+                        batch_size=4)
+    distributed.init("gloo", timeout_s=60)
+    try:
+        prepared = distributed.prepare(model, loader, overrides={"compile": {"mode": "default"}},
+                                       device="cpu")
+        assert prepared.manager.implementers("autotune_wrap_distributed",
+                                             prepared.plan.plugins()) == ["compile"]
+        assert is_compiled(prepared.model)
+        ddp = find_ddp(prepared.model)
+        assert ddp is not None and prepared.model._orig_mod is ddp
+        assert not is_compiled(ddp.module)  # compiled once, over DDP only
+        events = [str(e) for e in prepared.report.events if e.plugin == "compile"]
+        assert any("over DistributedDataParallel" in e for e in events), events
+        assert prepared.plan.get("compile", "mode") == "default"
+    finally:
+        distributed.shutdown()

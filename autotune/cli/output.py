@@ -7,62 +7,10 @@ import contextlib
 import json
 import sys
 import warnings
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Iterator, TextIO
 
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None,
-          indent: str = "") -> str:
-    """Columns padded to their widest cell; the last column is not padded,
-    so a long reason does not push every line out to its width."""
-    text_rows = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
-    if headers:
-        text_rows.insert(0, [h.upper() for h in headers])
-    if not text_rows:
-        return ""
-    ncols = max(len(r) for r in text_rows)
-    widths = [max((len(r[i]) for r in text_rows if i < len(r)), default=0) for i in range(ncols)]
-    lines = []
-    for row in text_rows:
-        cells = [cell.ljust(widths[i]) if i < len(row) - 1 else cell for i, cell in enumerate(row)]
-        lines.append((indent + "  ".join(cells)).rstrip())
-    return "\n".join(lines)
-
-
-def wrapped_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, width: int = 120,
-                  wrap: Sequence[int] = (), indent: str = "") -> str:
-    """Like :func:`table`, but at most ``width`` columns wide: the columns
-    numbered in ``wrap`` (long text: settings, reasons) are narrowed and their
-    cells wrapped onto continuation lines, the other columns kept whole."""
-    import textwrap
-
-    text_rows = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
-    header = [h.upper() for h in headers]
-    ncols = len(header)
-    widths = [max([len(header[i])] + [len(r[i]) for r in text_rows if i < len(r)])
-              for i in range(ncols)]
-    wrap = [i % ncols for i in wrap]
-    fixed = sum(w for i, w in enumerate(widths) if i not in wrap) + 2 * (ncols - 1) + len(indent)
-    room = width - fixed
-    natural = sum(widths[i] for i in wrap)
-    if wrap and natural > room:
-        floor = 12
-        share = max(room, floor * len(wrap))
-        for i in wrap:  # each wrapped column gets room in proportion to its text
-            widths[i] = max(floor, min(widths[i], share * widths[i] // max(natural, 1)))
-    lines = []
-    for row in [header, *text_rows]:
-        cells = [textwrap.wrap(cell, widths[i], break_long_words=True) or [""]
-                 if i in wrap else [cell] for i, cell in enumerate(row)]
-        for n in range(max(len(c) for c in cells)):
-            parts = [(c[n] if n < len(c) else "").ljust(widths[i]) if i < len(cells) - 1
-                     else (c[n] if n < len(c) else "") for i, c in enumerate(cells)]
-            lines.append((indent + "  ".join(parts)).rstrip())
-    return "\n".join(lines)
-
-
-def key_values(pairs: Sequence[tuple[str, Any]], indent: str = "") -> str:
-    """``label  value`` lines with the labels aligned."""
-    return table([(f"{label}", value) for label, value in pairs], indent=indent)
+# The tables are library code (the tuner prints them too); re-exported here.
+from autotune.tables import key_values, table, wrapped_table
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
@@ -87,3 +35,6 @@ def warnings_as_lines(err: TextIO | None = None) -> Iterator[None]:
                 if line not in seen:
                     seen.add(line)
                     print(f"autotune: warning: {line}", file=err or sys.stderr)
+
+
+__all__ = ["key_values", "print_json", "table", "warnings_as_lines", "wrapped_table"]

@@ -28,10 +28,11 @@ from typing import Any, Iterator, Sequence
 
 from autotune.cv.errors import CrossValidationError
 from autotune.cv.fold import FoldOutcome, FoldTask, run_fold
+from autotune.resources import FOLD_BACKENDS
 
 log = logging.getLogger("autotune.cv")
 
-BACKENDS = ("sequential", "loky", "threading", "dask")
+BACKENDS = FOLD_BACKENDS
 
 #: How often a loky worker checks that its parent is alive.
 PARENT_CHECK_S = 0.5

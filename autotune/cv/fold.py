@@ -30,7 +30,8 @@ import torch
 from autotune.context import Context, Workload
 from autotune.cv.result import FoldFailure, FoldResult
 from autotune.cv.splits import Fold
-from autotune.plan import Plan, Setting, Source
+from autotune.plan import Plan
+from autotune.resources import Share, set_threads, share_plan
 
 log = logging.getLogger("autotune.cv")
 
@@ -38,6 +39,9 @@ log = logging.getLogger("autotune.cv")
 #: build their models under this lock so every fold's initial weights
 #: depend on its own seed only.
 _SEED_LOCK = threading.Lock()
+#: Folds in threads running now, and how to restore the thread count.
+_SHARED_THREADS: dict[str, Any] = {"folds": 0}
+_SHARED_THREADS_LOCK = threading.Lock()
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -77,6 +81,8 @@ class FoldTask:
     #: True when the fold runs in a thread of a shared process (threading
     #: backend): process-wide settings (OMP env) are left alone.
     shared_process: bool = False
+    #: Plugin objects registered beside the installed ones (``plugins=``).
+    plugins: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,35 +139,30 @@ def seeded(seed: int) -> Iterator[None]:
 @contextmanager
 def thread_limit(threads: int, shared_process: bool) -> Iterator[None]:
     """At most ``threads`` intra-op threads for this fold (and, in a worker
-    process of its own, for the processes it starts: OMP/MKL variables)."""
-    before = torch.get_num_threads()
-    saved = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    torch.set_num_threads(threads)
+    process of its own, for the processes it starts: OMP/MKL variables).
+
+    Folds in threads share torch's one process-wide thread count: the first
+    fold in sets it, the last one out restores it. (Restoring when each fold
+    ends gave the folds still running the process's full count half-way,
+    and with it other floating-point sums than the sequential run's.)"""
     if not shared_process:
-        for variable in saved:
-            os.environ[variable] = str(threads)
+        restore = set_threads(threads, set_env=True)
+        try:
+            yield
+        finally:
+            restore()
+        return
+    with _SHARED_THREADS_LOCK:
+        if _SHARED_THREADS["folds"] == 0:
+            _SHARED_THREADS["restore"] = set_threads(threads, set_env=False)
+        _SHARED_THREADS["folds"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
-        if not shared_process:
-            for variable, value in saved.items():
-                if value is None:
-                    os.environ.pop(variable, None)
-                else:
-                    os.environ[variable] = value
-
-
-def force_values(plan: Plan, plugin: str, values: Mapping[str, Any], reason: str,
-                 source: Source = Source.MEASURED) -> Plan:
-    """``plan`` with ``values`` set for ``plugin`` whatever was there (the
-    fold's environment leaves no choice), recorded with ``reason``."""
-    if plugin not in plan:
-        return plan
-    settings = {p: dict(keys) for p, keys in plan.settings.items()}
-    for key, value in values.items():
-        settings[plugin][key] = Setting(value, source, reason)
-    return replace(plan, settings=settings)
+        with _SHARED_THREADS_LOCK:
+            _SHARED_THREADS["folds"] -= 1
+            if _SHARED_THREADS["folds"] == 0:
+                _SHARED_THREADS.pop("restore")()
 
 
 def _in_daemon_process() -> bool:
@@ -183,21 +184,13 @@ def _build(task: FoldTask, dataset: Any) -> _Built:
     """The fold's model, loaders and plan applied, as ``autotune.apply`` would."""
     from torch.utils.data import DataLoader, Subset
 
-    from autotune.api import apply_plan
+    from autotune.applying import apply_plan
     from autotune.detect import detect
     from autotune.manager import PluginManager
-
     from autotune.report import Kind, Report
 
     plan = Plan.from_dict(task.plan)
     report = Report()
-    workers = int(plan.get("dataloader", "num_workers", 0) or 0)
-    if _in_daemon_process() and workers > 0:
-        why = ("this fold runs in a daemonic worker process (Dask), which cannot start "
-               "DataLoader workers")
-        plan = force_values(plan, "dataloader", {"num_workers": 0, "persistent_workers": False,
-                                                 "prefetch_factor": None}, why)
-        report.add("dataloader", Kind.FALLBACK, f"num_workers {workers} -> 0: {why}")
     fold = task.fold
     generator = torch.Generator().manual_seed(task.seed)
     loader = DataLoader(Subset(dataset, list(fold.train)), batch_size=task.batch_size,
@@ -207,9 +200,16 @@ def _build(task: FoldTask, dataset: Any) -> _Built:
         model = task.model_fn()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model_fn must return a torch.nn.Module, got {type(model).__name__}")
-    manager = PluginManager(disable=task.disable)
+    manager = PluginManager(disable=task.disable, plugins=task.plugins)
     manager.load()
     context = replace(task.context, hardware=detect(), workload=Workload.inspect(model, loader))
+    if _in_daemon_process():
+        # No loader workers here: the plugins that start them say what changes.
+        share = Share(loader_workers=0, shared_process=task.shared_process,
+                      reason="this fold runs in a daemonic worker process (Dask), which cannot "
+                             "start DataLoader workers")
+        plan = share_plan(plan, share, context=context, manager=manager, report=report,
+                          kind=Kind.FALLBACK)
     device = torch.device(task.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

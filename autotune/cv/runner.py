@@ -20,6 +20,7 @@ from autotune.cv.schedule import Schedule, decide
 from autotune.cv.splits import fold_assignment, kfold, labels_from_dataset, split_digest
 from autotune.cv.store import Manifest, RunStore, plan_digest
 from autotune.hardware import Hardware
+from autotune.manager import PluginManager
 from autotune.plan import Plan
 from autotune.progress import bar, progress_enabled
 
@@ -66,7 +67,8 @@ def _check_inputs(model_fn: Any, dataset: Any, epochs: Any, batch_size: Any,
 
 def _plan_and_context(model_fn: Callable[[], torch.nn.Module], dataset: Any, plan: Plan | None,
                       batch_size: int, seed: int, profile: str | None, disable: Iterable[str],
-                      overrides: Mapping[str, Mapping[str, Any]] | None) -> tuple[Plan, Context]:
+                      overrides: Mapping[str, Mapping[str, Any]] | None,
+                      plugins: Iterable[Any] = ()) -> tuple[Plan, Context, PluginManager]:
     from torch.utils.data import DataLoader
 
     from autotune.planner import make_plan
@@ -75,18 +77,22 @@ def _plan_and_context(model_fn: Callable[[], torch.nn.Module], dataset: Any, pla
         if not isinstance(plan, Plan):
             raise CrossValidationError(f"plan must be an autotune.Plan (e.g. tuned.plan), got "
                                        f"{type(plan).__name__}")
-        if overrides:
-            plan = plan.with_overrides(overrides)
+        manager = PluginManager(disable=disable, plugins=plugins)
+        manager.load()
         # Each fold inspects its own model and loader; no sample model here.
-        return plan, context_for_plan(plan, Workload(batch_size=batch_size,
-                                                     dataset_length=len(dataset)))
+        context = context_for_plan(plan, Workload(batch_size=batch_size,
+                                                  dataset_length=len(dataset)))
+        if overrides:
+            plan = manager.with_overrides(context, plan, overrides)
+        return plan, context, manager
     # The plugins reason about the model (Conv2d? size?) and the batch size.
     with seeded(seed):
         sample_model = model_fn()
     workload = Workload.inspect(sample_model, DataLoader(dataset, batch_size=batch_size))
-    planned = make_plan(profile=profile, workload=workload, disable=disable, overrides=overrides)
+    planned = make_plan(profile=profile, workload=workload, disable=disable, overrides=overrides,
+                        plugins=plugins)
     return planned.plan, replace(planned.context, workload=replace(workload, model=None,
-                                                                   loader=None))
+                                                                   loader=None)), planned.manager
 
 
 def _check_picklable(tasks: list[FoldTask], backend: str) -> None:
@@ -99,7 +105,7 @@ def _check_picklable(tasks: list[FoldTask], backend: str) -> None:
         import pickle as cloudpickle
 
     task = tasks[0]
-    for name in ("model_fn", "dataset", "optimizer_fn", "loss_fn", "metrics"):
+    for name in ("model_fn", "dataset", "optimizer_fn", "loss_fn", "metrics", "plugins"):
         try:
             cloudpickle.dumps(getattr(task, name))
         except Exception as exc:  # noqa: BLE001 - any pickling error
@@ -130,7 +136,7 @@ def cross_validate(model_fn: Callable[[], torch.nn.Module], dataset: Any, *, k: 
                    best_by: str = "val_loss", higher_is_better: bool = False,
                    profile: str | None = None, disable: Iterable[str] = (),
                    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                   progress: bool = True) -> CVResult:
+                   plugins: Iterable[Any] = (), progress: bool = True) -> CVResult:
     """k-fold cross-validation with the shared engine and one plan.
 
     :param model_fn: returns a fresh model; called once per fold under the
@@ -141,9 +147,11 @@ def cross_validate(model_fn: Callable[[], torch.nn.Module], dataset: Any, *, k: 
     :param stratify: labels (one per sample) to stratify the folds by, or
         ``True`` to read them from the dataset.
     :param run_dir: store each fold as it finishes; a rerun resumes.
-    :param backend: ``None`` (the plan's ``parallel_folds.backend``),
-        ``"sequential"``, ``"loky"``, ``"threading"``, ``"dask"`` (the current
-        Dask client) or a ``dask.distributed.Client``.
+    :param backend: ``None`` (what the scheduling plugin chooses: the
+        built-in one reads its ``backend`` setting), ``"sequential"``,
+        ``"loky"``, ``"threading"``, ``"dask"`` (the current Dask client) or a
+        ``dask.distributed.Client``. Without a plugin that schedules folds
+        (``autotune_fold_schedule``), they run one after another.
     :param metrics: ``{name: fn(outputs, targets)}`` evaluated on each
         validation fold, reported as ``val_<name>``.
     :param max_concurrent: folds at once (default: the plan's).
@@ -154,6 +162,9 @@ def cross_validate(model_fn: Callable[[], torch.nn.Module], dataset: Any, *, k: 
     :param resume: reuse folds finished in ``run_dir``; False retrains all.
     :param max_steps: stop each fold after this many micro-batches in total.
     :param best_by: the metric that picks :attr:`CVResult.best_fold`.
+    :param plugins: plugin objects to register beside the installed ones
+        (as for :func:`autotune.apply`); they plan, schedule and train every
+        fold (picklable, for worker processes).
     :raises CrossValidationError: on bad input or a run_dir of another run.
     """
     started = time.perf_counter()
@@ -165,8 +176,9 @@ def cross_validate(model_fn: Callable[[], torch.nn.Module], dataset: Any, *, k: 
     assignment = fold_assignment(n, k, seed, labels)
     folds = kfold(n, k, seed, labels)
     disable = tuple(disable)
-    plan, context = _plan_and_context(model_fn, dataset, plan, batch_size, seed, profile, disable,
-                                      overrides)
+    plugins = tuple(plugins)
+    plan, context, manager = _plan_and_context(model_fn, dataset, plan, batch_size, seed, profile,
+                                               disable, overrides, plugins)
     store = RunStore(run_dir) if run_dir is not None else None
     done: dict[int, FoldResult] = {}
     if store is not None:
@@ -185,7 +197,8 @@ def cross_validate(model_fn: Callable[[], torch.nn.Module], dataset: Any, *, k: 
                         threads=context.hardware.cpu.worker_budget,
                         optimizer_fn=optimizer_fn or default_optimizer,
                         loss_fn=loss_fn or default_loss, metrics=dict(metrics or {}),
-                        disable=disable, checkpoint=checkpoint, max_steps=max_steps)
+                        disable=disable, checkpoint=checkpoint, max_steps=max_steps,
+                        plugins=plugins)
 
     def measure(device: str) -> int:
         return measure_step_memory(base_task(todo[0].index, device))
@@ -196,7 +209,8 @@ def cross_validate(model_fn: Callable[[], torch.nn.Module], dataset: Any, *, k: 
     schedule = decide(plan, context.hardware, folds_to_run=len(todo), backend=backend,
                       max_concurrent=max_concurrent, threads_per_fold=threads_per_fold,
                       device=device, measure_fold_memory=measure if todo else None,
-                      estimate_fold_seconds=estimate if todo else None)
+                      estimate_fold_seconds=estimate if todo else None, context=context,
+                      manager=manager)
     fold_plan = schedule.plan.to_dict()
     tasks = [replace(base_task(fold.index, schedule.device_for(fold.index)), plan=fold_plan,
                      threads=schedule.threads_per_fold, shared_process=schedule.shared_process)
