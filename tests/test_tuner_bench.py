@@ -80,9 +80,13 @@ def test_ctrl_c_in_bench_stops_within_seconds_with_exit_130(tmp_path) -> None:
     import time
 
     env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    # SIGINT back to its default in the child: a test run started in the
+    # background by a shell (nohup ... &) ignores SIGINT, children inherit
+    # that, and Python then never turns Ctrl-C into KeyboardInterrupt.
     child = subprocess.Popen([sys.executable, "-m", "autotune", "-v", "bench", "--workload",
                               "mlp", "--budget", "300", "--no-progress"],
-                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     import threading
 
     try:
