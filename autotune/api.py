@@ -28,6 +28,7 @@ import torch
 # cross-validation and DDP use them without this facade); re-exported here.
 from autotune.applying import Tuned, _check_model, apply_plan, resolve_device
 from autotune.context import Workload
+from autotune.contract import StepContract
 from autotune.errors import AutotuneError
 from autotune.hardware import Hardware
 from autotune.manager import PluginManager
@@ -47,6 +48,8 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
           profile_dirs: Iterable[str | os.PathLike[str]] = (),
           manager: PluginManager | None = None,
           loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+          step_fn: Callable[[Any, Any], Any] | None = None,
+          batch_size_fn: Callable[[Any], int] | None = None,
           tune: bool | SearchOptions | None = None,
           budget_s: float | None = None, remeasure: bool = False,
           batch_size: bool = False) -> Tuned:
@@ -63,10 +66,18 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     :param device: where to train; default: CUDA when available, else CPU.
     :param hardware: use this description instead of detecting.
     :param loss_fn: ``loss_fn(outputs, targets)``; with ``optimizer`` and
-        ``loader`` it lets measured tuning run real training steps.
+        ``loader`` it lets measured tuning run real training steps. Dict
+        batches: ``loss_fn(model(**batch), batch)``; without a ``loss_fn``
+        the model's own loss (``outputs.loss``, a dict of losses summed).
+    :param step_fn: ``step_fn(model, batch) -> loss`` for any other batch
+        (several inputs, detection, a loss that needs the inputs); measured
+        like ``loss_fn``. See :mod:`autotune.contract`.
+    :param batch_size_fn: ``batch_size_fn(batch) -> int``, the samples in a
+        batch, when the default count (targets' or first tensor's leading
+        dimension; one per target dict) is wrong.
     :param tune: measure candidate settings on this model and loader
-        (docs/tuning.md); default: when loader, optimizer and loss_fn are
-        given. A :class:`~autotune.tuner.SearchOptions` means yes, with
+        (docs/tuning.md); default: when loader, optimizer and loss_fn (or
+        step_fn) are given; ``True`` also measures with the model's own loss. A :class:`~autotune.tuner.SearchOptions` means yes, with
         those options (noise margin, trial length, which plugins).
     :param budget_s: seconds ``apply`` may spend measuring (default 120):
         batch-size search, trials and confirmation together end within it
@@ -101,13 +112,14 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     # loader (state restored after), the winner written with source "measured".
     from autotune.tuner.integration import measure
 
+    contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
     measured = measure(model, loader, planned.plan, planned, device=target, optimizer=optimizer,
-                       loss_fn=loss_fn, tune=tune, budget_s=budget_s, remeasure=remeasure,
+                       loss_fn=contract, tune=tune, budget_s=budget_s, remeasure=remeasure,
                        batch_size=batch_size, budget=budget)
     tuned = apply_plan(model, measured.loader, measured.plan, context=planned.context,
                        manager=planned.manager, device=target,
                        recommendation=planned.recommendation, report=measured.events)
-    return replace(tuned, tuning=measured.report)
+    return replace(tuned, tuning=measured.report, contract=contract)
 
 
 __all__ = ["Tuned", "apply", "apply_plan", "resolve_device"]

@@ -52,15 +52,27 @@ class Tuned:
     #: nothing was measured. See docs/tuning.md.
     tuning: Any = None
 
-    def engine(self, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], torch.Tensor],
+    #: How a batch becomes a loss (``loss_fn``, ``step_fn``, ``batch_size_fn``
+    #: given to apply); :meth:`engine` uses it unless given others.
+    contract: Any = None
+
+    def engine(self, optimizer: torch.optim.Optimizer,
+               loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
                **kwargs: Any) -> "Engine":
         """The training engine with this plan applied. ``kwargs`` go to
-        :class:`~autotune.engine.Engine` (``scheduler``, ``progress``...).
+        :class:`~autotune.engine.Engine` (``step_fn``, ``batch_size_fn``,
+        ``scheduler``, ``progress``...); without ``loss_fn`` and ``step_fn``,
+        the ones given to :func:`autotune.apply` (else the model's own loss).
         Close it (or use ``with``) to undo the global settings it made."""
         from autotune.engine import Engine
 
         kwargs.setdefault("device", self.device)
         kwargs.setdefault("report", self.report)
+        if loss_fn is None and kwargs.get("step_fn") is None and self.contract is not None:
+            loss_fn = self.contract
+            if kwargs.get("batch_size_fn") is not None:
+                loss_fn = type(self.contract).of(self.contract,
+                                                 batch_size_fn=kwargs.pop("batch_size_fn"))
         return Engine(self.model, optimizer, loss_fn, self.plan, manager=self.manager,
                       context=self.context, **kwargs)
 

@@ -29,8 +29,8 @@ from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import torch
 
-from autotune.batches import (count_samples, find_ddp, is_compiled, model_device, move_to,
-                              split_batch, unwrap_model)
+from autotune.batches import find_ddp, is_compiled, model_device, move_to, unwrap_model
+from autotune.contract import StepContract
 from autotune.errors import AutotuneError, TrainingError
 from autotune.history import History
 from autotune.plan import Plan, Source
@@ -74,7 +74,10 @@ class Engine:
     """Train a model the way ``plan`` says. See docs/engine.md."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable[[Any, Any], torch.Tensor], plan: Plan | None = None, *,
+                 loss_fn: Callable[[Any, Any], torch.Tensor] | StepContract | None = None,
+                 plan: Plan | None = None, *,
+                 step_fn: Callable[[Any, Any], Any] | None = None,
+                 batch_size_fn: Callable[[Any], int] | None = None,
                  manager: Any = None, context: Any = None,
                  device: str | torch.device | None = None, scheduler: Any = None,
                  scheduler_interval: str = "step", progress: bool = True,
@@ -89,7 +92,12 @@ class Engine:
                                 "(after every optimizer step) or 'epoch'")
         self.model = model
         self.optimizer = optimizer
-        self.loss_fn = loss_fn
+        #: How a batch becomes a loss and how many samples it holds
+        #: (autotune.contract): loss_fn, step_fn, or the model's own loss.
+        self.contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
+        self.loss_fn = self.contract.loss_fn
+        #: The parts of the last loss, when it was a dict of losses (detached).
+        self.last_loss_parts: dict[str, torch.Tensor] = {}
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
         self.plan = plan if plan is not None else Plan()
@@ -197,22 +205,50 @@ class Engine:
         self._step_optimizer()
         return True
 
+    # -- your own loop ----------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        """Your loop's ``loss.backward()``, with the plan's step behaviour:
+        the plugins' loss transforms (÷ the accumulation window, the fp16
+        scale) before it. Pair it with :meth:`step`; see docs/engine.md
+        ("Your own loop")."""
+        self._check_open()
+        if self._window_count == 0:
+            self._window_size = self._ask_window(None)
+        self._backward(loss)
+
+    def step(self) -> bool:
+        """After :meth:`backward`: count the micro-batch and, when the window
+        is full, run the optimizer step the plugins shape (unscale, clip,
+        the scaler's step, zero_grad, the scheduler). True when it stepped."""
+        self._check_open()
+        self._window_count += 1
+        self.micro_steps += 1
+        if self._window_count >= self._window_size:
+            self._step_optimizer()
+            return True
+        return False
+
     def _check_open(self) -> None:
         if self._closed:
             raise TrainingError("this engine is closed (its thread and precision settings were "
                                 "undone); build a new one with tuned.engine(...)")
 
-    def _prepare(self, batch: Any) -> tuple[Any, Any]:
-        inputs, targets = split_batch(batch)
-        non_blocking = self.device.type == "cuda"
-        inputs = move_to(inputs, self.device, non_blocking=non_blocking)
-        targets = move_to(targets, self.device, non_blocking=non_blocking)
-        for impl in self._hooks["autotune_prepare_inputs"]:
-            changed = impl(engine=self, inputs=inputs)
-            if changed is not None:
-                inputs = changed
-        self._last_samples = count_samples(inputs, targets)
-        return inputs, targets
+    def prepare_batch(self, batch: Any) -> Any:
+        """``batch`` on the engine's device, its inputs as the plugins want
+        them (``autotune_prepare_inputs``: channels_last...); counts its
+        samples. What the engine's own step does first; for your own loop."""
+        contract = self.contract
+        batch = move_to(batch, self.device, non_blocking=self.device.type == "cuda")
+        hooks = self._hooks["autotune_prepare_inputs"]
+        if hooks:
+            inputs = contract.inputs_of(batch)
+            for impl in hooks:
+                changed = impl(engine=self, inputs=inputs)
+                if changed is not None:
+                    inputs = changed
+            batch = contract.with_inputs(batch, inputs)
+        self._last_samples = contract.samples(batch)
+        return batch
 
     def forward_context(self, training: bool = True) -> ContextManager[Any]:
         """Every plugin's context for the forward pass (autocast, ...),
@@ -256,28 +292,33 @@ class Engine:
             self._window_size = self._ask_window(remaining)
         if not self.model.training:
             self.model.train()
-        inputs, targets = self._prepare(batch)
+        batch = self.prepare_batch(batch)
         sync = self._window_count + 1 >= self._window_size
-        loss = self._guarded(lambda: self._forward_backward(inputs, targets, sync), "training")
+        loss = self._guarded(lambda: self._forward_backward(batch, sync), "training")
         self._window_count += 1
         self.micro_steps += 1
         if self._window_count >= self._window_size:
             self._step_optimizer()
         return loss
 
-    def _forward_backward(self, inputs: Any, targets: Any, sync: bool) -> torch.Tensor:
+    def _forward_backward(self, batch: Any, sync: bool) -> torch.Tensor:
         ddp = find_ddp(self.model)
         skip_sync = ddp.no_sync() if ddp is not None and not sync else nullcontext()
         with skip_sync:
             with self.forward_context(True):
-                loss = self.loss_fn(self.model(inputs), targets)
-            differentiated = loss
-            for impl in self._hooks["autotune_transform_loss"]:
-                changed = impl(engine=self, loss=differentiated)
-                if changed is not None:
-                    differentiated = changed
-            differentiated.backward()
-        return loss.detach()
+                result = self.contract.loss(self.model, batch)
+            self._backward(result.value)
+        self.last_loss_parts = ({k: v.detach() for k, v in result.parts.items()}
+                                if result.parts else {})
+        return result.value.detach()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        differentiated = loss
+        for impl in self._hooks["autotune_transform_loss"]:
+            changed = impl(engine=self, loss=differentiated)
+            if changed is not None:
+                differentiated = changed
+        differentiated.backward()
 
     def _guarded(self, run: Callable[[], Any], phase: str) -> Any:
         """Run ``run``; when it raises, a plugin may change the engine

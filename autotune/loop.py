@@ -207,6 +207,7 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
     stop_at = None if steps_left is None or (length is not None and steps_left >= length) \
         else limit
     loss_sum = torch.zeros((), device=engine.device)
+    part_sums: dict[str, torch.Tensor] = {}  # a dict of losses: each part, sample-weighted
     batches = samples = 0
     data_wait = 0.0
     skipped_before, steps_before = engine.skipped_steps, engine.optimizer_steps
@@ -233,6 +234,9 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
             if batches == 0:
                 effective = n * engine.micro_batches_per_step
             loss_sum += loss.float() * n
+            for name, part in engine.last_loss_parts.items():
+                weighted = part.float() * n
+                part_sums[name] = part_sums[name] + weighted if name in part_sums else weighted
             batches += 1
             samples += n
             data_wait += step_start - fetch_start
@@ -248,6 +252,8 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
         _synchronize(engine.device)
         elapsed = time.perf_counter() - started  # before the workers shut down
     extra = engine._epoch_event(epoch, end=True)
+    for name, total in part_sums.items():
+        extra.setdefault(name, float(total) / max(1, samples))
     if batches == 0:
         raise TrainingError(f"epoch {epoch}: the loader yielded no batches")
     grad_norm = extra.pop("grad_norm", None)
@@ -282,13 +288,14 @@ def run_evaluate(engine: "Engine", loader: Iterable[Any],
             iterator = iter(loader)
             iterators.append(iterator)
             for batch in iterator:
-                inputs, targets = engine._prepare(batch)
+                batch = engine.prepare_batch(batch)
                 n = engine._last_samples
+                targets = engine.contract.targets_of(batch)
 
-                def forward() -> tuple[Any, torch.Tensor]:
+                def forward(batch: Any = batch) -> tuple[Any, torch.Tensor]:
                     with engine.forward_context(False):
-                        outputs = engine.model(inputs)
-                        return outputs, engine.loss_fn(outputs, targets)
+                        result = engine.contract.loss(engine.model, batch)
+                        return result.outputs, result.value
 
                 outputs, loss = engine._guarded(forward, "evaluation")
                 values = {"loss": loss}

@@ -267,7 +267,8 @@ def test_progress_bars_are_silent_off_a_terminal_and_can_be_forced(monkeypatch, 
 
 def test_malformed_batch_and_closed_engine_raise_clear_errors() -> None:
     engine = engine_for(make_model(), Plan())
-    with pytest.raises(TrainingError, match=r"\(inputs, targets\) pair, got tuple of length 3"):
+    with pytest.raises(TrainingError, match=r"\(inputs, targets\) pair or a dict, got tuple of "
+                                            r"length 3; HINT: pass step_fn=fn"):
         engine.train_step((torch.randn(2, 5), torch.tensor([0, 1]), "extra"))
     engine.close()
     engine.close()  # idempotent

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import hookimpl
 from autotune.context import Workload
+from autotune.errors import TrainingError
 from autotune.manager import BUILTIN_PLUGINS
 from autotune.plan import Setting, Source
 from autotune.planner import make_plan
@@ -191,11 +192,17 @@ def test_apply_with_batch_size_search_records_accumulation_as_measured() -> None
 
     # accumulation.steps set by the user: the effective batch cannot be kept
     # with another micro-batch, so the batch size is left alone (and said so).
+    # The batch of 64 then does not fit: with tune=True that is an error,
+    # by default one warning naming it.
     kwargs["manager"] = plugin_manager(disable=["compile", "dataloader", "threads"])
+    with pytest.raises(TrainingError, match="could not train this model.*out of memory"):
+        autotune.apply(model, loader, overrides={"accumulation": {"steps": 2}}, **kwargs)
+    kwargs.update(manager=plugin_manager(disable=["compile", "dataloader", "threads"]), tune=None)
     tuned = autotune.apply(model, loader, overrides={"accumulation": {"steps": 2}}, **kwargs)
     assert tuned.loader.batch_size == 64
     assert tuned.plan.setting("accumulation", "steps").source is Source.OVERRIDE
     assert any(e.plugin == "tuner" and "accumulation.steps" in e.message for e in tuned.report)
+    assert any("could not train this model" in e.message for e in tuned.report)
 
 
 def test_a_loader_rebuilt_for_another_batch_size_keeps_what_the_user_set() -> None:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, TrainingError
 from autotune.plan import Plan
 from autotune.report import Kind, Report
 from autotune.tuner.budget import Budget
@@ -40,16 +40,22 @@ def wants_tuning(tune: Any, loader: Any, optimizer: Any, loss_fn: Any,
     was given: a loader, the optimizer and the loss function -- and the
     loader can be iterated more than once (a generator cannot: tuning is
     then skipped with a warning, or refused with ``tune=True``)."""
+    from autotune.contract import StepContract
     from autotune.loaders import one_shot
 
+    # A step contract with neither loss_fn nor step_fn means "the model's
+    # own loss": measured when asked for (tune=True), never by default.
+    given = loss_fn.given if isinstance(loss_fn, StepContract) else loss_fn is not None
+    if isinstance(loss_fn, StepContract) and tune:
+        loss_fn = loss_fn if loss_fn.given else "the model's own loss"
     if tune is None:
         if loader is not None and one_shot(loader):
-            if events is not None and optimizer is not None and loss_fn is not None:
+            if events is not None and optimizer is not None and given:
                 events.add(NAME, Kind.WARNING, f"not measured: the loader is a one-shot "
                            f"iterator ({type(loader).__name__}) and trials iterate it many "
                            "times; pass a DataLoader or a list of batches to measure")
             return False
-        return loader is not None and optimizer is not None and loss_fn is not None
+        return loader is not None and optimizer is not None and given
     if tune and (loader is None or optimizer is None or loss_fn is None):
         missing = [n for n, v in (("loader", loader), ("optimizer", optimizer),
                                   ("loss_fn", loss_fn)) if v is None]
@@ -107,6 +113,19 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
                         options=tune if isinstance(tune, SearchOptions) else None)
     report = result.report
     confirmation = report.confirmation
+    first = report.trials[0] if report.trials else None
+    if first is not None and not report.from_cache and first.status.value == "disqualified":
+        # The user's model and loader did not train at all: say so now,
+        # not at fit. Nothing measured ships; the plan keeps only what
+        # needs no measurement.
+        message = (f"measured tuning could not train this model on this loader: "
+                   f"{first.reason}")
+        hint = ("HINT: check the batch contract -- (inputs, targets) with loss_fn, a dict "
+                "batch for model(**batch), or step_fn(model, batch) (docs/engine.md)")
+        if tune:
+            raise TrainingError(f"{message}; {hint}")
+        events.add(NAME, Kind.WARNING, f"{message}; nothing measured is applied; {hint}")
+        return Measured(result.plan, loader, events, report, found)
     if report.from_cache:
         events.add(NAME, Kind.APPLIED, f"measured settings from the tuning cache "
                    f"({report.cache_path}); no trials ran")

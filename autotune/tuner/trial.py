@@ -248,18 +248,16 @@ class ChunkTimer:
 
 
 class _LossWatch:
-    """Wraps the loss function to keep a device-side finiteness flag, read
-    only at chunk boundaries (where the timer synchronises anyway)."""
+    """Sees every training loss (the step contract's observer) and keeps a
+    device-side finiteness flag, read only at chunk boundaries (where the
+    timer synchronises anyway)."""
 
-    def __init__(self, loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:
-        self.loss_fn = loss_fn
+    def __init__(self) -> None:
         self.finite: torch.Tensor | None = None
 
-    def __call__(self, outputs: Any, targets: Any) -> torch.Tensor:
-        loss = self.loss_fn(outputs, targets)
+    def __call__(self, loss: torch.Tensor) -> None:
         ok = torch.isfinite(loss.detach()).all()
         self.finite = ok if self.finite is None else self.finite & ok
-        return loss
 
     def all_finite(self) -> bool:
         return self.finite is None or bool(self.finite)
@@ -358,13 +356,16 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
     report = Report()
     if reset_compiler:
         torch._dynamo.reset()
-    watch = _LossWatch(loss_fn)
+    from autotune.contract import StepContract
+
+    watch = _LossWatch()
+    contract = StepContract.of(loss_fn).observed(watch)
     tuned = engine = None
     timer: ChunkTimer | None = None
     try:
         tuned = apply_plan(model, loader, plan, context=context, manager=manager, device=device,
                            report=report)
-        engine = Engine(tuned.model, optimizer, watch, plan, manager=manager, context=context,
+        engine = Engine(tuned.model, optimizer, contract, plan, manager=manager, context=context,
                         device=device, progress=False, report=report)
         # Chunks hold whole optimizer steps: micro-batches per step as the
         # plugins in the engine's plan declare them (autotune_micro_batches).

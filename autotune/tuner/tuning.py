@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from autotune.contract import StepContract
 from autotune.errors import AutotuneError
 from autotune.loaders import one_shot, peek_batch
 from autotune.plan import Plan, _kind
@@ -71,7 +72,7 @@ def _check(model: Any, loader: Any, optimizer: Any, loss_fn: Any) -> None:
         raise AutotuneError(f"tune: optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}; HINT: apply(..., optimizer=opt, "
                             "loss_fn=fn) or tune=False")
-    if not callable(loss_fn):
+    if not isinstance(loss_fn, StepContract) and not callable(loss_fn):
         raise AutotuneError(f"tune: loss_fn must be callable as loss_fn(outputs, targets), got "
                             f"{type(loss_fn).__name__}")
 
@@ -178,7 +179,7 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
             "torch": torch.__version__, "device": str(target),
             "model": model_signature(model), "batch": batch_signature(batch),
             "loader": loader_signature(loader), "optimizer": optimizer_signature(optimizer),
-            "loss": getattr(loss_fn, "__qualname__", type(loss_fn).__qualname__),
+            "loss": StepContract.of(loss_fn).describe(),
             "plan": {p: plan.values(p) for p in plan.plugins()},
             "search": {"min_gain": options.min_gain, "only": options.only},
         }
