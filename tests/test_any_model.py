@@ -331,3 +331,37 @@ def test_your_own_loop_trains_bitwise_like_the_engine() -> None:
     assert by_hand.inputs_channels_last == [True] * 6  # the plugin's input format
     for a, b in zip(by_engine.parameters(), by_hand.parameters()):
         assert torch.equal(a, b)
+
+
+def test_the_autoencoder_is_measured_through_its_step_fn() -> None:
+    model = nn.Sequential(nn.Linear(6, 2), nn.ReLU(), nn.Linear(2, 6))
+    data = TensorDataset(torch.randn(48, 6))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tuned = autotune.apply(model, DataLoader(data, batch_size=8), optimizer=optimizer,
+                           step_fn=lambda m, batch: nn.functional.mse_loss(m(batch[0]), batch[0]),
+                           tune=QUICK, budget_s=60, manager=only("dataloader"), remeasure=True)
+    assert tuned.tuning.baseline.ok, tuned.tuning.table()
+    assert tuned.tuning.baseline.samples_per_s > 0
+
+
+def _torchvision():
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.models import detection
+    except Exception as exc:  # noqa: BLE001 - a CUDA build beside a CPU torch fails to import
+        pytest.skip(f"torchvision does not import here: {type(exc).__name__}: {exc}")
+    return detection
+
+
+def test_torchvisions_own_detector_trains_and_is_measured() -> None:
+    detection = _torchvision()
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None,
+                                                            num_classes=3)
+    loader = DataLoader(Scenes(), batch_size=2, collate_fn=collate)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001)
+    tuned = autotune.apply(model, loader, optimizer=optimizer, tune=QUICK, budget_s=120,
+                           manager=only("dataloader"), remeasure=True)
+    assert tuned.tuning.baseline.ok, tuned.tuning.table()
+    with tuned.engine(optimizer, progress=False) as engine:
+        epoch = engine.fit(tuned.loader, max_steps=2)[-1]
+    assert epoch.samples == 4 and "loss_box_reg" in epoch.extra

@@ -81,7 +81,7 @@ def test_bert_with_data_collator_with_padding_trains_and_is_measured() -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_gpt2_with_the_default_data_collator_trains() -> None:
+def test_gpt2_with_the_default_data_collator_trains_and_is_measured() -> None:
     torch.manual_seed(0)
     model = gpt2()
     generator = torch.Generator().manual_seed(1)
@@ -89,7 +89,9 @@ def test_gpt2_with_the_default_data_collator_trains() -> None:
     examples = [{"input_ids": row, "labels": row} for row in ids]  # causal LM: labels = inputs
     loader = DataLoader(examples, batch_size=4, collate_fn=transformers.default_data_collator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tuned = autotune.apply(model, loader, optimizer=optimizer, manager=only())
+    tuned = autotune.apply(model, loader, optimizer=optimizer, tune=QUICK, budget_s=90,
+                           manager=only("dataloader"), remeasure=True)
+    assert tuned.tuning.baseline.ok, tuned.tuning.table()
     with tuned.engine(optimizer, progress=False) as engine:
         first = engine.fit(tuned.loader)[-1].train_loss
         for _ in range(3):
