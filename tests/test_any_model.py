@@ -301,11 +301,14 @@ def images() -> DataLoader:
 
 
 OVERRIDES = {"accumulation": {"steps": 2}, "clipping": {"max_norm": 0.05},
-             "channels_last": {"enabled": True}, "mixed_precision": {"dtype": "bf16"}}
+             "channels_last": {"enabled": True}, "mixed_precision": {"dtype": "bf16"},
+             "optimizer": {"implementation": "foreach"}, "threads": {"intra_op": 1},
+             "dataloader": {"num_workers": 1}}
 
 
 def test_your_own_loop_trains_bitwise_like_the_engine() -> None:
-    manager = only("accumulation", "clipping", "channels_last", "mixed_precision")
+    manager = only("accumulation", "clipping", "channels_last", "mixed_precision", "optimizer",
+                   "threads", "dataloader")
     torch.manual_seed(0)
     by_engine = Net()
     torch.manual_seed(0)
@@ -319,6 +322,9 @@ def test_your_own_loop_trains_bitwise_like_the_engine() -> None:
             if not own_loop:
                 engine.fit(tuned.loader)
             else:
+                assert tuned.loader.num_workers == 1  # the plan's loader
+                assert torch.get_num_threads() == 1  # the plan's threads, while the engine lives
+                assert optimizer.param_groups[0]["foreach"] is True  # the plan's optimizer
                 for batch in tuned.loader:
                     inputs, targets = engine.prepare_batch(batch)
                     with engine.autocast():
