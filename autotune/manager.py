@@ -469,13 +469,15 @@ class PluginManager:
                   "largest_fitting": batch_size if largest_fitting is None else largest_fitting}
         return self._own_settings("autotune_batch_size_found", kwargs, plan)
 
-    def _own_settings(self, hook_name: str, kwargs: Mapping[str, Any],
-                      plan: Plan) -> dict[str, dict[str, Setting]]:
+    def _own_settings(self, hook_name: str, kwargs: Mapping[str, Any], plan: Plan,
+                      only: Iterable[str] | None = None) -> dict[str, dict[str, Setting]]:
         """``{plugin: {key: Setting}}`` from a hook whose answer changes the
-        plugin's own settings; a key the plugin did not propose counts as
-        that plugin failing."""
+        plugin's own settings (asking ``only`` these plugins, default every
+        one in ``plan``); a key the plugin did not propose counts as that
+        plugin failing."""
         out: dict[str, dict[str, Setting]] = {}
-        for name, result in self._call_each(hook_name, kwargs, plan.plugins()):
+        asked = plan.plugins() if only is None else only
+        for name, result in self._call_each(hook_name, kwargs, asked):
             if not result:
                 continue
             try:
@@ -510,18 +512,8 @@ class PluginManager:
         failing."""
         for plugin, values in overrides.items():
             kwargs = {"context": context, "plan": plan, "overrides": dict(values)}
-            for name, result in self._call_each("autotune_follow_overrides", kwargs, [plugin]):
-                if not result:
-                    continue
-                try:
-                    settings = _as_settings(name, result)
-                    unknown = sorted(set(settings) - set(plan.values(name)))
-                    if unknown:
-                        raise TypeError(f"autotune_follow_overrides set key(s) {unknown} that "
-                                        f"{name} did not propose")
-                except TypeError as exc:
-                    self._fail(name, self._infos[name].origin, exc, "in autotune_follow_overrides")
-                    continue
+            answers = self._own_settings("autotune_follow_overrides", kwargs, plan, [plugin])
+            for name, settings in answers.items():
                 for key, setting in settings.items():
                     if key in values:
                         continue  # the user's word stands

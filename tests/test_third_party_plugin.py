@@ -19,7 +19,7 @@ from autotune import make_plan
 from autotune.errors import ProfileError
 from autotune.manager import BUILTIN_PLUGINS
 from autotune.testing import cpu_laptop, plugin_manager, rtx5080_7950x
-from venv_helpers import clean_env, install_in_throwaway_venv
+from venv_helpers import clean_env, install_in_throwaway_venv, load_from_source
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "custom_plugin"
@@ -95,16 +95,7 @@ def test_the_throw_away_install_stays_out_of_the_main_environment(venv_python):
 
 
 def _load_seed_module():
-    # Not "autotune_seed": an installed copy of that name may exist.
-    name = "_autotune_seed_from_source"
-    spec = importlib.util.spec_from_file_location(name, EXAMPLE / "autotune_seed" / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is made
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[name]
-    return module
+    return load_from_source(EXAMPLE / "autotune_seed" / "__init__.py", "_autotune_seed_from_source")
 
 
 def _seed_engine(seed, overrides, model=None):

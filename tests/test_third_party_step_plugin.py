@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from venv_helpers import clean_env, install_in_throwaway_venv
+from venv_helpers import clean_env, install_in_throwaway_venv, load_from_source
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "tests" / "packages" / "autotune_extras"
@@ -307,16 +307,8 @@ def test_tuner_searches_both_against_their_off_baseline(venv_python, cache_dir):
 
 
 def _load_collate_module():
-    # Not "autotune_extras.collate": an installed copy of that name may exist.
-    name = "_autotune_extras_collate_from_source"
-    spec = importlib.util.spec_from_file_location(name, PACKAGE / "autotune_extras" / "collate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is made
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[name]
-    return module
+    return load_from_source(PACKAGE / "autotune_extras" / "collate.py",
+                            "_autotune_extras_collate_from_source")
 
 
 def test_stack_collate_makes_the_batches_default_collate_makes():

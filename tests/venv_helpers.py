@@ -10,12 +10,14 @@ tests themselves run in a virtual environment. pip runs with ``--no-index
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import site
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -51,3 +53,16 @@ def install_in_throwaway_venv(package: Path, root: Path) -> Path:
                             capture_output=True, text=True, timeout=300, env=clean_env())
     assert result.returncode == 0, result.stdout + result.stderr
     return python
+
+
+def load_from_source(path: Path, name: str) -> Any:
+    """Import the module at ``path`` under ``name`` (not its package name:
+    an installed copy of that may exist), without leaving it in sys.modules."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module

@@ -101,6 +101,18 @@ def report(log: logging.Logger, applied: Iterable[str], unsupported: Iterable[st
         log.warning("%s", line)
 
 
+def split_lines(tuned: Any,
+                line: Callable[[Change, Any], tuple[bool, str]]) -> tuple[list[str], list[str]]:
+    """``(applied, unsupported)``: each planned change's line, sorted by
+    whether the bridge's ``line(change, tuned)`` says it applies."""
+    applied: list[str] = []
+    missing: list[str] = []
+    for change in changes(tuned):
+        ok, text = line(change, tuned)
+        (applied if ok else missing).append(text)
+    return applied, missing
+
+
 def generic_hint(change: Change, trainer: str) -> str:
     """The line for a setting no bridge knows (a third-party plugin's)."""
     return describe(change, f"applied by autotune's own engine (tuned.engine); {trainer} has no "

@@ -42,7 +42,8 @@ import inspect
 import logging
 from typing import Any
 
-from autotune.bridges import Change, changes, describe, device_type, generic_hint, report
+from autotune.bridges import (Change, describe, device_type, generic_hint, report,
+                              split_lines)
 
 __all__ = ["accelerator_kwargs", "unsupported"]
 
@@ -109,11 +110,7 @@ def _line(change: Change, tuned: Any) -> tuple[bool, str]:
 
 
 def _lines(tuned: Any) -> tuple[list[str], list[str]]:
-    applied, missing = [], []
-    for change in changes(tuned):
-        ok, line = _line(change, tuned)
-        (applied if ok else missing).append(line)
-    return applied, missing
+    return split_lines(tuned, _line)
 
 
 def unsupported(tuned: Any) -> list[str]:

@@ -41,7 +41,8 @@ import functools
 import logging
 from typing import Any
 
-from autotune.bridges import Change, Runtime, changes, describe, generic_hint, report
+from autotune.bridges import (Change, Runtime, describe, generic_hint, report,
+                              split_lines)
 
 __all__ = ["AutotuneCallback", "trainer_kwargs", "unsupported"]
 
@@ -130,11 +131,7 @@ def _line(change: Change, tuned: Any) -> tuple[bool, str]:
 
 
 def _lines(tuned: Any) -> tuple[list[str], list[str]]:
-    applied, missing = [], []
-    for change in changes(tuned):
-        ok, line = _line(change, tuned)
-        (applied if ok else missing).append(line)
-    return applied, missing
+    return split_lines(tuned, _line)
 
 
 def unsupported(tuned: Any) -> list[str]:
