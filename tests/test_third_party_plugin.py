@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
