@@ -1,5 +1,3 @@
-import sys
+from autotune.cli import run
 
-from autotune.cli import main
-
-sys.exit(main())
+run()

@@ -256,7 +256,7 @@ def test_plugin_warnings_become_one_line(capsys):
 
 def test_console_script_and_module_entry_point():
     scripts = metadata.entry_points(group="console_scripts", name="autotune")
-    assert [ep.value for ep in scripts] == ["autotune.cli:main"]
+    assert [ep.value for ep in scripts] == ["autotune.cli:run"]
     result = subprocess.run([sys.executable, "-m", "autotune", "plan", "--disable", "nope"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""

@@ -101,5 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The ``autotune`` command (and ``python -m autotune``): :func:`main`,
+    then exit. After Ctrl-C the process leaves at once with 130 instead of
+    through interpreter shutdown: native threads still alive then (torch's
+    compile and loader machinery) can make the C++ runtime abort the
+    process (SIGABRT, "terminate called without an active exception"),
+    which turned the exit code into -6. Whatever Ctrl-C left (the tuning
+    cache's partial entry) is written before main returns."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
