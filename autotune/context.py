@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.data import DataLoader
 
     from autotune.profile import Profile
+    from autotune.resources import Share
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class Context:
     #: rather than it being matched: only then may it turn on settings that
     #: change what is trained (see :mod:`autotune.knobs`).
     profile_chosen: bool = False
+    #: The part of the machine this job may use when it shares it with
+    #: others (``autotune daemon``); ``None``: the whole machine. Plugins
+    #: that size threads or workers keep their candidates within it.
+    share: "Share | None" = None
 
     def options_for(self, plugin: str) -> Mapping[str, Any]:
         """The matched profile's options for ``plugin`` (reserved keys removed)."""

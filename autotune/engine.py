@@ -47,7 +47,8 @@ STEP_HOOKS = (
     "autotune_prepare_inputs", "autotune_forward_context", "autotune_transform_loss",
     "autotune_window_size", "autotune_before_optimizer_step", "autotune_optimizer_step",
     "autotune_after_optimizer_step", "autotune_step_failed", "autotune_epoch_start",
-    "autotune_epoch_end", "autotune_engine_state", "autotune_load_engine_state",
+    "autotune_epoch_end", "autotune_epoch_loader", "autotune_live_candidate",
+    "autotune_live_change", "autotune_engine_state", "autotune_load_engine_state",
     "autotune_describe_engine",
 )
 
@@ -156,6 +157,32 @@ class Engine:
         differs from what was planned (a fallback); observed at run time, so
         the source is ``measured``. Delegates to :meth:`Plan.with_values`."""
         self.plan = self.plan.with_values(plugin, values, Source.MEASURED, reason, force=True)
+
+    def change_live(self, plugin: str, values: Mapping[str, Any], source: Source,
+                    reason: str) -> bool:
+        """Change ``plugin``'s settings during a run (at an epoch boundary):
+        the plan gets ``values`` and the plugin's ``autotune_live_change``
+        brings them into force. False, and the plan unchanged, when the
+        plugin cannot (it does not implement the hook or says no)."""
+        before = self.plan
+        self.plan = self.plan.with_values(plugin, values, source, reason, force=True)
+        done = False
+        for impl in self._hooks["autotune_live_change"]:
+            if impl.plugin == plugin:
+                done = bool(impl(engine=self, values=dict(values))) or done
+        if not done:
+            self.plan = before
+        return done
+
+    def live_candidates(self, metrics: Any, share: Any) -> list[tuple[str, dict[str, Any]]]:
+        """``(plugin, {key: value})``: what each plugin proposes to try next
+        epoch (``autotune_live_candidate``), in call order."""
+        out = []
+        for impl in self._hooks["autotune_live_candidate"]:
+            values = impl(engine=self, metrics=metrics, share=share)
+            if values:
+                out.append((impl.plugin, dict(values)))
+        return out
 
     @property
     def window_size(self) -> int:
@@ -382,6 +409,13 @@ class Engine:
             if end and result:
                 metrics.update(result)
         return metrics
+
+    def _epoch_loader(self, loader: Iterable[Any], epoch: int) -> Iterable[Any]:
+        for impl in self._hooks["autotune_epoch_loader"]:
+            replacement = impl(engine=self, loader=loader, epoch=epoch)
+            if replacement is not None:
+                return replacement
+        return loader
 
     # -- loops -------------------------------------------------------------------
     def fit(self, loader: Iterable[Any], epochs: int = 1, val_loader: Iterable[Any] | None = None,

@@ -38,6 +38,10 @@ class EpochMetrics:
     grad_norm: float | None = None
     #: Other per-epoch metrics plugins return from ``autotune_epoch_end``.
     extra: Mapping[str, float] = field(default_factory=dict)
+    #: Intra-op threads at the epoch's end, and the loader's workers: what
+    #: the epoch ran with (they can change between epochs, autotune.live).
+    threads: int | None = None
+    loader_workers: int | None = None
 
     @property
     def data_wait_fraction(self) -> float:

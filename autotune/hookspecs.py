@@ -20,15 +20,18 @@ Phases, in the order autotune calls them:
   ``autotune_transform_loss``, ``autotune_window_size``,
   ``autotune_before_optimizer_step``, ``autotune_optimizer_step``,
   ``autotune_after_optimizer_step``, ``autotune_step_failed``,
-  ``autotune_epoch_start``, ``autotune_epoch_end`` (and, for checkpoints
-  and logs, ``autotune_engine_state``, ``autotune_load_engine_state``,
+  ``autotune_epoch_start``, ``autotune_epoch_end``,
+  ``autotune_epoch_loader`` (and, for checkpoints and logs,
+  ``autotune_engine_state``, ``autotune_load_engine_state``,
   ``autotune_describe_engine``)
+* live changes -- ``autotune_live_candidate``, ``autotune_live_change``
+  (at epoch boundaries of a job that shares the machine)
 * search space -- ``autotune_search_prior``, ``autotune_prune_candidate``,
   ``autotune_micro_batches``, ``autotune_batch_size_found`` (measured
   tuning only, between contribution and application)
 * resources    -- ``autotune_fold_schedule``, ``autotune_resource_share``,
-  ``autotune_wrap_distributed`` (when folds, ranks or jobs share the
-  machine)
+  ``autotune_machine_share``, ``autotune_wrap_distributed`` (when folds,
+  ranks or jobs share the machine)
 """
 
 from __future__ import annotations
@@ -402,6 +405,60 @@ def autotune_epoch_end(engine: Any, epoch: int) -> "Mapping[str, float] | None":
     """
 
 
+@hookspec(firstresult=True)
+def autotune_epoch_loader(engine: Any, loader: Any, epoch: int) -> Any:
+    """The loader to iterate this epoch instead of ``loader``.
+
+    Called by ``Engine.fit`` at the start of each epoch, after
+    ``autotune_epoch_start``: a plugin whose loader settings changed during
+    the run (``autotune_live_change``) rebuilds the loader here, since
+    workers can change only between epochs.
+
+    :param engine: the engine.
+    :param loader: the loader given to ``fit``.
+    :param epoch: as for ``autotune_epoch_start``.
+    :return: a loader over the same samples in the same order, or ``None``
+        to iterate ``loader``. ``firstresult``.
+    """
+
+
+@hookspec
+def autotune_live_candidate(engine: Any, metrics: Any,
+                            share: "Share | None") -> "Mapping[str, Any] | None":
+    """Propose one change of this plugin's own speed settings for the next
+    epoch, given how the last one ran.
+
+    Called at an epoch boundary of a job that shares the machine through
+    ``autotune daemon`` (autotune.live), when no other change is being
+    measured. The change runs for one epoch and is kept only if that epoch
+    is not slower (see ``autotune.live.SLOWER_MARGIN``); otherwise it is
+    reverted and not proposed again. Keys whose knob changes the numerics or
+    what is trained are refused: only speed knobs change live.
+
+    :param engine: the engine (``engine.plan`` is in force).
+    :param metrics: the last epoch's ``autotune.history.EpochMetrics``
+        (samples/s, data wait).
+    :param share: the job's :class:`~autotune.resources.Share`, or ``None``.
+    :return: ``{key: value}`` of this plugin's keys, or ``None``.
+    """
+
+
+@hookspec
+def autotune_live_change(engine: Any, values: "Mapping[str, Any]") -> "bool | None":
+    """Bring new values of this plugin's own settings into force now, at an
+    epoch boundary (a live candidate, its revert, or a new share).
+
+    Called only on the plugin whose settings changed; ``engine.plan`` already
+    holds ``values``.
+
+    :param engine: the engine.
+    :param values: ``{key: new value}`` of this plugin's keys.
+    :return: ``True`` when they are in force (or will be from the next
+        epoch's loader); ``False``/``None`` when this plugin cannot change
+        them during a run, and the plan keeps the old values.
+    """
+
+
 @hookspec
 def autotune_engine_state(engine: Any) -> "Mapping[str, Any] | None":
     """This plugin's part of an engine checkpoint (a GradScaler's state).
@@ -599,6 +656,22 @@ def autotune_resource_share(plan: "Plan", context: "Context",
     :return: ``{key: Setting}`` for this plugin's own keys that change (the
         caller writes them over what the plan has, so keep a user's
         override yourself); ``None`` or ``{}`` when nothing changes.
+    """
+
+
+@hookspec(firstresult=True)
+def autotune_machine_share(context: "Context", plan: "Plan") -> "Share | None":
+    """The part of the machine this process is given when it shares it with
+    other jobs (``autotune daemon``).
+
+    Called once by ``make_plan`` after the overrides. The answer is written
+    into the plan through every plugin's ``autotune_resource_share``, with
+    source ``daemon``, and kept in ``context.share`` for the search space.
+
+    :param context: hardware, profile and workload.
+    :param plan: the plan so far.
+    :return: a :class:`~autotune.resources.Share`, or ``None`` for the whole
+        machine. ``firstresult``.
     """
 
 

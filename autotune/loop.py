@@ -197,6 +197,10 @@ def _with_validation(engine: "Engine", metrics: EpochMetrics,
 
 def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left: int | None,
                  monitor: "Monitor | None", show: bool) -> tuple[EpochMetrics, int]:
+    # Plugins may change the loader between epochs (workers changed live):
+    # the epoch-start hooks run first, then the loader is chosen.
+    engine._epoch_event(epoch, end=False)
+    loader = engine._epoch_loader(loader, epoch)
     length = _length(loader)
     limit = length if steps_left is None else (steps_left if length is None
                                                else min(length, steps_left))
@@ -211,7 +215,6 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
     batches = samples = 0
     data_wait = 0.0
     skipped_before, steps_before = engine.skipped_steps, engine.optimizer_steps
-    engine._epoch_event(epoch, end=False)
     batch_bar = bar(limit, f"epoch {epoch}", enabled=show)
     last_postfix = 0.0
     effective = 0
@@ -272,6 +275,8 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
         optimizer_steps=engine.optimizer_steps - steps_before,
         grad_norm=None if grad_norm is None else float(grad_norm),
         extra={k: float(v) for k, v in extra.items()},
+        threads=torch.get_num_threads(),
+        loader_workers=getattr(loader, "num_workers", None),
     )
     return metrics, batches
 

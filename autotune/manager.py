@@ -50,6 +50,7 @@ BUILTIN_PLUGINS = (
     "optimizer",
     "dataloader",
     "parallel_folds",
+    "daemon",
 )
 
 
@@ -558,6 +559,26 @@ class PluginManager:
         Keys the plugin did not propose count as that plugin failing."""
         return self._own_settings("autotune_resource_share",
                                   {"plan": plan, "context": context, "share": share}, plan)
+
+    def machine_share(self, context: Context, plan: Plan) -> "tuple[str, Any] | None":
+        """``(plugin, Share)``: the first answer of ``autotune_machine_share``
+        among the plugins in ``plan`` (latest loaded first), or ``None``. An
+        answer that is not a Share counts as that plugin failing."""
+        from autotune.resources import Share
+
+        for name, result in self._call_each("autotune_machine_share",
+                                            {"context": context, "plan": plan}, plan.plugins(),
+                                            latest_first=True):
+            if result is None:
+                continue
+            if not isinstance(result, Share):
+                self._fail(name, self._infos[name].origin,
+                           TypeError(f"autotune_machine_share must return an "
+                                     f"autotune.resources.Share or None, got "
+                                     f"{type(result).__name__}"), "in autotune_machine_share")
+                continue
+            return name, result
+        return None
 
     def implementers(self, hook_name: str, plugins: Iterable[str] | None = None) -> list[str]:
         """The plugins (among ``plugins``, default all loaded) that implement

@@ -33,6 +33,8 @@ class Source(str, enum.Enum):
     DEFAULT = "default"
     PROFILE = "profile"
     MEASURED = "measured"
+    #: A share of the machine given by ``autotune daemon`` to this job.
+    DAEMON = "daemon"
     OVERRIDE = "override"
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from autotune.context import Context, Workload
@@ -12,8 +12,9 @@ from autotune.detect import detect
 from autotune.hardware import Hardware
 from autotune.knobs import check_overrides, guard_plan
 from autotune.manager import PluginManager
-from autotune.plan import Plan
+from autotune.plan import Plan, Source
 from autotune.profile import Recommendation, get_profile, load_profiles, recommend
+from autotune.resources import share_plan
 
 log = logging.getLogger("autotune.planner")
 
@@ -67,6 +68,14 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
         plan = plan.with_overrides(overrides)
         check_overrides(overrides, knobs, overrides_by)
         plan = manager.follow_overrides(context, plan, overrides)
+    # A daemon's share of the machine, when this job shares it with others:
+    # every plugin sizes its own settings to it (source "daemon").
+    shared = manager.machine_share(context, plan)
+    if shared is not None:
+        plan = share_plan(manager.drop_failed(plan), shared[1], context=context, manager=manager,
+                          source=Source.DAEMON)
+        context = replace(context, share=shared[1])
+        plan = manager.drop_failed(plan)
     log.info("plan made with profile %s: %d plugins", plan.profile, len(plan.settings))
     return Planned(plan=plan, context=context, recommendation=recommendation, manager=manager)
 

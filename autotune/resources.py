@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 if TYPE_CHECKING:  # pragma: no cover
     from autotune.context import Context
     from autotune.manager import PluginManager
-    from autotune.plan import Plan, Setting
+    from autotune.plan import Plan, Setting, Source
     from autotune.report import Kind, Report
 
 #: Where cross-validation folds can run: in this process one after another,
@@ -65,10 +65,14 @@ class Share:
     #: Why: what divides the machine ("cross_validate: 4 fold(s) at once,
     #: 2 thread(s) each"); plugins put it in their settings' reasons.
     reason: str = ""
+    #: The cpu ids the share runs on (its threads and workers, one each);
+    #: empty: not pinned.
+    cpus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check_count("Share.threads", self.threads, 1, optional=True)
         _check_count("Share.loader_workers", self.loader_workers, 0, optional=True)
+        object.__setattr__(self, "cpus", tuple(int(c) for c in self.cpus))
 
 
 @dataclass(frozen=True)
@@ -112,18 +116,20 @@ class FoldPlan:
 
 
 def share_plan(plan: "Plan", share: Share, *, context: "Context", manager: "PluginManager",
-               report: "Report | None" = None, kind: "Kind | str | None" = None) -> "Plan":
+               report: "Report | None" = None, kind: "Kind | str | None" = None,
+               source: "Source | None" = None) -> "Plan":
     """``plan`` with what each of its plugins says changes under ``share``
     (``autotune_resource_share``). With ``report``, each plugin whose
     settings changed gets one event of ``kind`` (default: applied) listing
-    ``key old -> new``."""
+    ``key old -> new``. ``source`` (e.g. ``daemon``) replaces the source the
+    plugins gave, so the plan says who divided the machine."""
     from autotune.report import Kind
 
     answers = manager.resource_share(plan, context, share)
     for plugin, settings in answers.items():
         before = plan.values(plugin)
         for key, setting in settings.items():
-            plan = plan.with_values(plugin, {key: setting.value}, setting.source,
+            plan = plan.with_values(plugin, {key: setting.value}, source or setting.source,
                                     setting.reason, force=True)
         changed = [f"{key} {before.get(key)!r} -> {setting.value!r}"
                    for key, setting in settings.items() if before.get(key) != setting.value]

@@ -172,7 +172,8 @@ def autotune_apply_loader(loader: Any, plan: Any, context: Context, report: Any)
 
 
 def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
-               workload: Workload | None = None) -> list[dict[str, Any]]:
+               workload: Workload | None = None,
+               share: Share | None = None) -> list[dict[str, Any]]:
     """Loader settings worth a trial, measured end to end with the step.
 
     With a GPU: worker counts around the rule (the rule first, then more,
@@ -188,6 +189,8 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
     if loader is None or type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset):
         return []
     cores = hardware.cpu.worker_budget
+    if share is not None and share.loader_workers is not None:
+        cores = share.loader_workers  # a job sharing the machine: what its share allows
     if hardware.has_cuda:
         rule = max(1, min(cores - 2, MAX_DEFAULT_WORKERS))
         counts = [rule, *(n for n in (16, 8, 4, 2) if n != rule), 0]
@@ -210,7 +213,7 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
 
 @hookimpl
 def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
-    return candidates(context.hardware, plan.values(NAME), context.workload)
+    return candidates(context.hardware, plan.values(NAME), context.workload, context.share)
 
 
 @hookimpl
@@ -228,6 +231,10 @@ def autotune_prune_candidate(context: Context, values: Mapping[str, Any],
         return "pinned memory only speeds up copies to a GPU"
     if int(values.get("num_workers") or 0) > budget:
         return f"more workers than the {budget} usable cores"
+    share = context.share
+    if share is not None and share.loader_workers is not None \
+            and int(values.get("num_workers") or 0) > share.loader_workers:
+        return f"more workers than the {share.loader_workers} this job's share allows"
     return None
 
 
@@ -255,3 +262,86 @@ def autotune_resource_share(plan: Any, share: Share) -> dict[str, Setting]:
         out.update({key: Setting(s.value, Source.DEFAULT, s.reason)
                     for key, s in follow_workers(0, Options()).items()})
     return out
+
+
+# -- changes during a run (autotune.live) ------------------------------------------------
+
+#: An epoch that waited for data this much of its time is input-bound:
+#: more loader workers are worth a try.
+INPUT_BOUND = 0.2
+
+
+def _rebuildable(loader: Any) -> bool:
+    from torch.utils.data import DataLoader, IterableDataset
+
+    return type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset)
+
+
+@hookimpl
+def autotune_live_candidate(engine: Any, metrics: Any, share: Share | None) -> dict[str, Any] | None:
+    """Input-bound: twice the workers (two from none), within the share."""
+    state = engine.plugin_state(NAME)
+    if metrics.data_wait_fraction < INPUT_BOUND or not _rebuildable(state.get("given")):
+        return None
+    current = int(engine.plan.get(NAME, "num_workers", 0) or 0)
+    if share is not None and share.loader_workers is not None:
+        allowed = share.loader_workers
+    elif engine.context is not None:
+        allowed = engine.context.hardware.cpu.worker_budget
+    else:
+        return None
+    proposed = min(allowed, current * 2 if current else 2)
+    if proposed <= current:
+        return None
+    return {"num_workers": proposed, "persistent_workers": True, "prefetch_factor": 2}
+
+
+@hookimpl
+def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
+    """Workers change between epochs: the next epoch's loader is rebuilt
+    (``autotune_epoch_loader``) from the one given to ``fit``."""
+    state = engine.plugin_state(NAME)
+    if not _rebuildable(state.get("given")) or set(values) - {
+            "num_workers", "persistent_workers", "prefetch_factor"}:
+        return False
+    state["live"] = {key: engine.plan.get(NAME, key) for key in
+                     ("num_workers", "persistent_workers", "prefetch_factor")}
+    if not state.get("closing"):
+        state["closing"] = True
+        engine.on_close(lambda: _retire(state.pop("rebuilt", None)))
+    return True
+
+
+@hookimpl
+def autotune_epoch_loader(engine: Any, loader: Any, epoch: int) -> Any:
+    state = engine.plugin_state(NAME)
+    state["given"] = loader
+    wanted = state.get("live")
+    if not wanted or not _rebuildable(loader):
+        return None
+    key = (id(loader), tuple(sorted(wanted.items())))
+    rebuilt = state.get("rebuilt")
+    if rebuilt is not None and rebuilt[0] == key:
+        return rebuilt[1]  # its persistent workers carry on
+    _retire(rebuilt)
+    workers = int(wanted["num_workers"] or 0)
+    if (workers, bool(wanted["persistent_workers"]) and workers > 0) == (
+            loader.num_workers, loader.persistent_workers):
+        state.pop("rebuilt", None)
+        return None  # back to what the given loader has
+    new = rebuild_loader(loader, num_workers=workers, pin_memory=loader.pin_memory,
+                         persistent_workers=bool(wanted["persistent_workers"]) and workers > 0,
+                         prefetch_factor=wanted["prefetch_factor"] if workers > 0 else None)
+    state["rebuilt"] = (key, new)
+    engine.note(NAME, Kind.APPLIED, f"epoch {epoch}: loader rebuilt with num_workers={workers}")
+    return new
+
+
+def _retire(rebuilt: Any) -> None:
+    """Stop the persistent workers of a loader no longer used."""
+    if rebuilt is None:
+        return
+    iterator = getattr(rebuilt[1], "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    rebuilt[1]._iterator = None

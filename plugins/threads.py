@@ -92,11 +92,25 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
                                   lambda kind, message: engine.note(NAME, kind, message)))
 
 
+@hookimpl
+def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
+    """The intra-op pool can be resized between epochs (a new share); the
+    inter-op pool and the environment cannot."""
+    if set(values) - {"intra_op"} or values.get("intra_op") is None:
+        return False
+    # Undo callbacks run last-first, so the engine's close still ends at the
+    # thread count from before the engine.
+    engine.on_close(apply_threads(int(values["intra_op"]), None, False,
+                                  lambda kind, message: engine.note(NAME, kind, message)))
+    return True
+
+
 # -- candidates for measured tuning ------------------------------------------------
 
 
 def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
-               workload: Workload | None = None, loader_workers: int = 0) -> list[dict[str, Any]]:
+               workload: Workload | None = None, loader_workers: int = 0,
+               share: Share | None = None) -> list[dict[str, Any]]:
     """Intra-op thread counts worth a trial: one per usable physical core,
     one per usable logical core (with SMT), and, when DataLoader workers run
     beside the step on a CPU-only machine, the cores the workers leave free."""
@@ -106,6 +120,9 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
     counts = [physical, cpu.worker_budget]
     if loader_workers > 0 and not hardware.has_cuda:
         counts.append(max(1, cpu.worker_budget - loader_workers))
+    if share is not None and share.threads is not None:
+        # A job sharing the machine measures only what its share allows.
+        counts = [min(n, share.threads) for n in counts]
     out: list[dict[str, Any]] = []
     for n in counts:
         if {"intra_op": n} not in out:
@@ -116,7 +133,8 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
 @hookimpl
 def autotune_candidates(context: Context, plan: Any) -> list[dict[str, Any]]:
     workers = int(plan.get("dataloader", "num_workers", 0) or 0)
-    return candidates(context.hardware, plan.values(NAME), context.workload, workers)
+    return candidates(context.hardware, plan.values(NAME), context.workload, workers,
+                      context.share)
 
 
 @hookimpl

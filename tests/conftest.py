@@ -17,3 +17,5 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("AUTOTUNE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.delenv("AUTOTUNE_PROFILE_PATH", raising=False)
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "autotune-cache"))
+    # No test meets a daemon the developer runs: tests that want one start it.
+    monkeypatch.setenv("AUTOTUNE_SOCKET", str(tmp_path / "no-daemon.sock"))

@@ -83,7 +83,8 @@ def test_autoload_env_keeps_third_party_out(third_party, monkeypatch):
     plan = make_plan(hardware=cpu_laptop(), manager=PluginManager()).plan
     assert "extra" not in plan
     assert "AUTOTUNE_DISABLE_PLUGIN_AUTOLOAD" in plan.disabled["extra"]
-    assert set(plan.plugins()) == set(BUILTIN_PLUGINS)  # built-ins still load
+    # built-ins still load (the daemon plugin adds nothing: no daemon listens)
+    assert set(plan.plugins()) == set(BUILTIN_PLUGINS) - {"daemon"}
 
 
 def test_the_testing_manager_neither_loads_nor_lists_installed_plugins(third_party):
@@ -166,7 +167,7 @@ def test_plugin_that_raises_is_named_and_left_out():
         plan = make_plan(hardware=cpu_laptop(), manager=plugin_manager(plugins=[bad])).plan
     assert "flaky" not in plan
     assert plan.disabled["flaky"] == "failed in autotune_configure: RuntimeError: boom in configure"
-    assert set(plan.plugins()) == set(BUILTIN_PLUGINS)
+    assert set(plan.plugins()) == set(BUILTIN_PLUGINS) - {"daemon"}  # no daemon listens
 
 
 def test_strict_mode_reraises():

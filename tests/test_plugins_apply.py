@@ -235,6 +235,17 @@ def check_parallel_folds(run: Run, on: bool) -> None:
     assert run.engine.optimizer_steps == 2
 
 
+def check_daemon(run: Run, on: bool) -> None:
+    # No daemon listens in the tests (conftest): on, the plugin adds nothing to
+    # the plan or the step. Its effect with a daemon: test_coordinator.py and
+    # test_daemon_jobs.py.
+    plan = run.tuned.plan
+    assert "daemon" not in plan
+    assert ("daemon" in plan.disabled) is not on
+    assert "daemon" not in run.engine.describe()["step_hooks"].get("epoch_start", [])
+    assert run.engine.optimizer_steps == 2
+
+
 @dataclass(frozen=True)
 class PluginCase:
     name: str
@@ -258,6 +269,7 @@ CASES = {case.name: case for case in [
     PluginCase("threads", check_threads, {"threads": {"intra_op": 1, "set_env": True}}),
     PluginCase("optimizer", check_optimizer, {"optimizer": {"implementation": "fused"}}),
     PluginCase("parallel_folds", check_parallel_folds),
+    PluginCase("daemon", check_daemon),
 ]}
 
 

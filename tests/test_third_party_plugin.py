@@ -74,8 +74,10 @@ def test_autoload_off_keeps_it_out(venv_python):
     rows = json.loads(autotune(venv_python, "plugins", "--json", **env).stdout)["plugins"]
     seed = next(r for r in rows if r["name"] == "seed")
     assert seed["status"] == "not autoloaded"
+    # Every built-in is on; the daemon plugin proposes nothing when no daemon listens.
     assert {r["name"] for r in rows if r["status"] == "enabled"} == {
-        r["name"] for r in rows if r["origin"] == "builtin"}
+        r["name"] for r in rows if r["origin"] == "builtin"} - {"daemon"}
+    assert next(r for r in rows if r["name"] == "daemon")["status"] == "loaded"
 
 
 def test_the_throw_away_install_stays_out_of_the_main_environment(venv_python):

@@ -112,8 +112,14 @@ def _stderr_fd() -> int:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from autotune.telemetry.daemon import DaemonOptions, run_daemon
 
+    if args.action == "status":
+        from autotune.cli.daemon_status import cmd_status
+
+        return cmd_status(args)
     options = DaemonOptions(out=Path(args.out), interval_s=args.interval,
-                            max_bytes=args.max_bytes, backups=args.backups, pid=args.pid)
+                            max_bytes=args.max_bytes, backups=args.backups, pid=args.pid,
+                            coordinate=not args.no_coordinate,
+                            socket=Path(args.socket) if args.socket else None, cores=args.cores)
     return run_daemon(options, announce=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -158,10 +164,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_monitor)
 
     p = subparsers.add_parser(
-        "daemon", help="sample the machine to a rotating JSONL file until SIGTERM",
-        description="Foreground sampler for systemd: one JSON line per sample, size-based "
-                    "rotation, exit 0 on SIGTERM/SIGINT, refuses to run twice on one output "
-                    "(exit 2), user-only files, no network port.")
+        "daemon", help="share the machine among training jobs; sample it to a JSONL file",
+        description="Foreground daemon for systemd: training jobs that call autotune.apply "
+                    "register on a user-only Unix socket and get a share of the cores (threads, "
+                    "loader workers, affinity) by what each measured; the machine is sampled "
+                    "to a JSONL file (one line per sample and per share change, size-based "
+                    "rotation). Exit 0 on SIGTERM/SIGINT; refuses to run twice on one output "
+                    "or socket (exit 2); no network port. 'autotune daemon status' lists the "
+                    "jobs.")
+    p.add_argument("action", nargs="?", choices=("run", "status"), default="run",
+                   help="run the daemon (default), or list the jobs of the running one")
+    p.add_argument("--socket", metavar="PATH",
+                   help="the socket (default $AUTOTUNE_SOCKET, else "
+                        "$XDG_RUNTIME_DIR/autotune/daemon.sock)")
+    p.add_argument("--no-coordinate", action="store_true",
+                   help="only sample; do not listen for jobs")
+    p.add_argument("--cores", type=int, metavar="N",
+                   help="share only the first N usable cores (default: all)")
+    p.add_argument("--json", action="store_true", help="status: machine-readable output")
     p.add_argument("--interval", type=_positive, default=1.0, metavar="S",
                    help="seconds between samples (default 1)")
     p.add_argument("--out", default="autotune-telemetry.jsonl", metavar="FILE",

@@ -40,6 +40,12 @@ class DaemonOptions:
     backups: int = 3
     #: Also watch this process (and its children); None watches none.
     pid: int | None = None
+    #: Listen for training jobs and divide the cores among them.
+    coordinate: bool = True
+    #: The socket; None: autotune.coordinator.protocol.socket_path().
+    socket: Path | None = None
+    #: Cores to share (the first N this process may use); None: all usable.
+    cores: int | None = None
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:
@@ -48,6 +54,8 @@ class DaemonOptions:
             raise TelemetryError(f"--max-bytes must be at least 1024, got {self.max_bytes}")
         if self.backups < 0:
             raise TelemetryError(f"--backups must be >= 0, got {self.backups}")
+        if self.cores is not None and self.cores < 1:
+            raise TelemetryError(f"--cores must be >= 1, got {self.cores}")
 
 
 class AlreadyRunning(TelemetryError):
@@ -98,6 +106,7 @@ class RotatingWriter:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self.header = header
         self.rotations = 0
+        self._lock = threading.Lock()
         self._fd = open_append(path)
         self._size = os.fstat(self._fd).st_size
         if self._size == 0:
@@ -111,9 +120,10 @@ class RotatingWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         data = encode_line(record)
-        if self._size + len(data) > self.max_bytes and self._size > 0:
-            self.rotate()
-        self._write(data)
+        with self._lock:  # the sampler and the coordinator both write
+            if self._size + len(data) > self.max_bytes and self._size > 0:
+                self.rotate()
+            self._write(data)
 
     def rotate(self) -> None:
         os.close(self._fd)
@@ -146,6 +156,7 @@ def run_daemon(options: DaemonOptions,
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     writer: RotatingWriter | None = None
+    coordinator = None
     sampler = Sampler(options.interval_s, pid=options.pid or 0, include_children=True)
     try:
         sampler.open()
@@ -155,6 +166,10 @@ def run_daemon(options: DaemonOptions,
         writer = RotatingWriter(out, options.max_bytes, options.backups, header)
         say(f"autotune daemon: pid {os.getpid()} sampling every {options.interval_s:g} s "
             f"to {out} (rotating at {options.max_bytes} bytes, {options.backups} backups)")
+        if options.coordinate:
+            coordinator = start_coordinator(options, writer.write)
+            say(f"autotune daemon: sharing {len(coordinator.cpus)} cpu(s) among the training "
+                f"jobs that register on {coordinator.path}")
         next_at = time.monotonic()
         while not stop.is_set():
             sample = sampler.sample_once()
@@ -168,7 +183,31 @@ def run_daemon(options: DaemonOptions,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if coordinator is not None:
+            coordinator.stop()
         if writer is not None:
             writer.close()
         sampler.close()
         lock.release()
+
+
+def usable_cpus(cores: int | None = None) -> list[int]:
+    """The cpu ids to share: this process's affinity, cut to its CPU quota
+    (cgroups) or to ``cores``."""
+    from autotune.detect import detect
+
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else list(range(os.cpu_count() or 1))
+    budget = detect().cpu.worker_budget
+    return allowed[:min(len(allowed), budget, cores or len(allowed))]
+
+
+def start_coordinator(options: DaemonOptions,
+                      record: Callable[[dict[str, Any]], None]) -> Any:
+    from autotune.coordinator.protocol import socket_path
+    from autotune.coordinator.server import Coordinator
+
+    coordinator = Coordinator(options.socket or socket_path(), usable_cpus(options.cores),
+                              record=record)
+    coordinator.start()
+    return coordinator
