@@ -82,7 +82,7 @@ class Engine:
                  manager: Any = None, context: Any = None,
                  device: str | torch.device | None = None, scheduler: Any = None,
                  scheduler_interval: str = "step", progress: bool = True,
-                 report: Report | None = None) -> None:
+                 report: Report | None = None, trial: bool = False) -> None:
         if not isinstance(model, torch.nn.Module):
             raise AutotuneError(f"Engine: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -105,6 +105,9 @@ class Engine:
         self.context = context
         self.report = report if report is not None else Report()
         self.progress = progress
+        #: A tuning trial or probe: what it measures must run as planned, so
+        #: nothing changes during it (autotune.live stays still).
+        self.trial = trial
         self.history = History()
         if device is None:
             self.device = model_device(model)

@@ -18,7 +18,8 @@ the numerics or what is trained is refused. The first epoch (warm-up,
 compilation, workers starting) is never a baseline. Every change is a
 :class:`LiveChange` in :attr:`LiveAdapter.changes` and an event in the
 engine's report; the epoch records (``History``) show the threads and
-loader workers each epoch ran with.
+loader workers each epoch ran with. A tuning trial's engine
+(``Engine(trial=True)``) is left alone: what it measures runs as planned.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class LiveAdapter:
 
     def at_epoch_start(self, epoch: int) -> None:
         engine = self.engine
-        if not engine.history:
+        if not engine.history or engine.trial:
             return
         last = engine.history[-1]
         self.observe(last)

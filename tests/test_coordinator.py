@@ -334,3 +334,21 @@ def test_a_plugin_can_hand_fit_another_loader_each_epoch():
     with engine:
         engine.fit(tuned.loader, epochs=3)
     assert seen == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3]
+
+
+def test_a_tuning_trials_engine_is_never_changed_live(coordinator):
+    from torch.utils.data import TensorDataset
+
+    from autotune.engine import Engine
+
+    model = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+    tuned = autotune.apply(model, DataLoader(data, batch_size=8), plugins=[Slowdown()])
+    assert tuned.plan.get("daemon", "job") is not None
+    engine = Engine(tuned.model, torch.optim.SGD(model.parameters(), lr=0.01),
+                    torch.nn.functional.cross_entropy, tuned.plan, manager=tuned.manager,
+                    context=tuned.context, progress=False, trial=True)
+    with engine:
+        engine.fit(tuned.loader, epochs=6)
+        assert engine.plugin_state("daemon")["live"].changes == []
+        assert {delay for _, delay in engine.plugin_state("slowdown")["used"]} == {0.0}

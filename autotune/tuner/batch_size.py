@@ -143,7 +143,7 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         probe_plan = with_settings(plan, manager.batch_size_found(plan, context, size, size),
                                    force=True)
         engine = Engine(model, optimizer, loss_fn, probe_plan, manager=manager,
-                        context=context, device=target, progress=False)
+                        context=context, device=target, progress=False, trial=True)
         try:
             engine.fit(probe_loader, epochs=steps, max_steps=steps)
         finally:
@@ -223,7 +223,7 @@ def _probe_eval(model: Any, optimizer: Any, loss_fn: Any, plan: Plan, manager: A
 
     snapshot.restore()
     engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,
-                    device=device, progress=False)
+                    device=device, progress=False, trial=True)
     try:
         first = next(iter(with_batch_size(val_loader, size, num_workers=0)))
         engine.evaluate([first])

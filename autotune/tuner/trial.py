@@ -366,7 +366,7 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
         tuned = apply_plan(model, loader, plan, context=context, manager=manager, device=device,
                            report=report)
         engine = Engine(tuned.model, optimizer, contract, plan, manager=manager, context=context,
-                        device=device, progress=False, report=report)
+                        device=device, progress=False, report=report, trial=True)
         # Chunks hold whole optimizer steps: micro-batches per step as the
         # plugins in the engine's plan declare them (autotune_micro_batches).
         timer = ChunkTimer(options, device, manager.micro_batches(engine.plan), watch.all_finite,
