@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from importlib import metadata
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
@@ -533,16 +533,7 @@ class PluginManager:
 
         asked = [n for n in self.names() if n not in plan.disabled]
         call = {"context": context, "plan": plan, **kwargs}
-        for name, result in self._call_each("autotune_fold_schedule", call, asked,
-                                            latest_first=True):
-            if result is None:
-                continue
-            if not isinstance(result, FoldPlan):
-                self._fail(name, self._infos[name].origin,
-                           TypeError(f"autotune_fold_schedule must return an "
-                                     f"autotune.resources.FoldPlan or None, got "
-                                     f"{type(result).__name__}"), "in autotune_fold_schedule")
-                continue
+        for name, result in self._typed_answers("autotune_fold_schedule", call, asked, FoldPlan):
             try:
                 settings = _as_settings(name, result.settings)
             except TypeError as exc:
@@ -566,19 +557,27 @@ class PluginManager:
         answer that is not a Share counts as that plugin failing."""
         from autotune.resources import Share
 
-        for name, result in self._call_each("autotune_machine_share",
-                                            {"context": context, "plan": plan}, plan.plugins(),
-                                            latest_first=True):
+        for answer in self._typed_answers("autotune_machine_share",
+                                          {"context": context, "plan": plan}, plan.plugins(),
+                                          Share):
+            return answer
+        return None
+
+    def _typed_answers(self, hook_name: str, call: Mapping[str, Any], asked: Iterable[str],
+                       kind: type) -> Iterator[tuple[str, Any]]:
+        """``(plugin, answer)`` for each non-``None`` answer of a
+        ``firstresult``-style hook (latest-loaded plugin first); an answer
+        not of ``kind`` counts as that plugin failing and is skipped."""
+        for name, result in self._call_each(hook_name, call, asked, latest_first=True):
             if result is None:
                 continue
-            if not isinstance(result, Share):
+            if not isinstance(result, kind):
                 self._fail(name, self._infos[name].origin,
-                           TypeError(f"autotune_machine_share must return an "
-                                     f"autotune.resources.Share or None, got "
-                                     f"{type(result).__name__}"), "in autotune_machine_share")
+                           TypeError(f"{hook_name} must return an {kind.__module__}."
+                                     f"{kind.__name__} or None, got {type(result).__name__}"),
+                           f"in {hook_name}")
                 continue
-            return name, result
-        return None
+            yield name, result
 
     def implementers(self, hook_name: str, plugins: Iterable[str] | None = None) -> list[str]:
         """The plugins (among ``plugins``, default all loaded) that implement

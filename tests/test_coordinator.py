@@ -158,6 +158,24 @@ def coordinator(monkeypatch):
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def small_job(plugin, samples=64):
+    """A linear model on random data, planned with ``plugin``; its tuned result."""
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(samples, 4), torch.randint(0, 2, (samples,)))
+    return autotune.apply(model, DataLoader(data, batch_size=8), plugins=[plugin])
+
+
+def engine_for(tuned, **kwargs):
+    from autotune.engine import Engine
+
+    return Engine(tuned.model, torch.optim.SGD(tuned.model.parameters(), lr=0.01),
+                  torch.nn.functional.cross_entropy, tuned.plan, manager=tuned.manager,
+                  context=tuned.context, progress=False, **kwargs)
+
+
 def _wait(predicate, timeout_s=30):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not predicate():
@@ -195,14 +213,8 @@ def test_an_input_bound_job_gains_loader_workers_between_epochs(coordinator):
 
 
 def test_a_slower_live_setting_is_reverted_and_not_tried_again(coordinator):
-    from torch.utils.data import TensorDataset
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
-    data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
-    tuned = autotune.apply(model, DataLoader(data, batch_size=8), plugins=[Slowdown()])
-    engine = tuned.engine(torch.optim.SGD(model.parameters(), lr=0.01),
-                          torch.nn.functional.cross_entropy, progress=False)
+    tuned = small_job(Slowdown())
+    engine = engine_for(tuned)
     with engine:
         engine.fit(tuned.loader, epochs=6)
         changes = engine.plugin_state("daemon")["live"].changes
@@ -221,8 +233,6 @@ def test_a_slower_live_setting_is_reverted_and_not_tried_again(coordinator):
 
 
 def test_a_proposal_that_changes_what_is_trained_is_refused(coordinator):
-    from torch.utils.data import TensorDataset
-
     from autotune.knobs import Effect, Knob
 
     class Smoothing:
@@ -246,11 +256,8 @@ def test_a_proposal_that_changes_what_is_trained_is_refused(coordinator):
         def autotune_live_change(self, engine, values):
             raise AssertionError("a training setting must never be changed live")
 
-    model = torch.nn.Linear(4, 2)
-    data = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
-    tuned = autotune.apply(model, DataLoader(data, batch_size=8), plugins=[Smoothing()])
-    engine = tuned.engine(torch.optim.SGD(model.parameters(), lr=0.01),
-                          torch.nn.functional.cross_entropy, progress=False)
+    tuned = small_job(Smoothing(), samples=32)
+    engine = engine_for(tuned)
     with engine:
         engine.fit(tuned.loader, epochs=5)
         changes = engine.plugin_state("daemon")["live"].changes
@@ -337,17 +344,9 @@ def test_a_plugin_can_hand_fit_another_loader_each_epoch():
 
 
 def test_a_tuning_trials_engine_is_never_changed_live(coordinator):
-    from torch.utils.data import TensorDataset
-
-    from autotune.engine import Engine
-
-    model = torch.nn.Linear(4, 2)
-    data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
-    tuned = autotune.apply(model, DataLoader(data, batch_size=8), plugins=[Slowdown()])
+    tuned = small_job(Slowdown())
     assert tuned.plan.get("daemon", "job") is not None
-    engine = Engine(tuned.model, torch.optim.SGD(model.parameters(), lr=0.01),
-                    torch.nn.functional.cross_entropy, tuned.plan, manager=tuned.manager,
-                    context=tuned.context, progress=False, trial=True)
+    engine = engine_for(tuned, trial=True)
     with engine:
         engine.fit(tuned.loader, epochs=6)
         assert engine.plugin_state("daemon")["live"].changes == []
