@@ -15,7 +15,9 @@ these per boundary, so each change is measured against the epoch before:
 
 Only speed knobs change live: a proposal touching a key whose knob changes
 the numerics or what is trained is refused. The first epoch (warm-up,
-compilation, workers starting) is never a baseline. Every change is a
+compilation, workers starting) is never a baseline and never reported to
+the daemon, nor is an epoch during which a new share arrived (it ran beside
+a job that had just come, with more threads than its share). Every change is a
 :class:`LiveChange` in :attr:`LiveAdapter.changes` and an event in the
 engine's report; the epoch records (``History``) show the threads and
 loader workers each epoch ran with. A tuning trial's engine
@@ -81,21 +83,36 @@ class LiveAdapter:
         self.observe = observe
         self.owner = owner
         self.changes: list[LiveChange] = []
-        self._generation = shares()[0]
+        # The share the plan was made with counts as not yet taken: the first
+        # boundary takes the latest one (a no-op when it is the same).
+        self._generation = 0
+        self._generation_at_start = 0
+        self._clean = False
         self._trial: _Trial | None = None
         self._refused: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
 
     def at_epoch_start(self, epoch: int) -> None:
         engine = self.engine
-        if not engine.history or engine.trial:
+        if engine.trial:
             return
-        last = engine.history[-1]
-        self.observe(last)
+        generation, share = self.shares()
+        if engine.history:
+            last = engine.history[-1]
+            # An epoch measures its share only if it ran under the latest share
+            # from start to end: one that overlapped a job's arrival ran beside
+            # it with more threads than its share and would mislead the daemon.
+            if self._clean and generation == self._generation_at_start:
+                self.observe(last)
+            self._change(epoch, last, generation, share)
+        self._generation_at_start = self.shares()[0]
+        self._clean = self._generation == self._generation_at_start
+
+    def _change(self, epoch: int, last: "EpochMetrics", generation: int,
+                share: Share | None) -> None:
         if self._trial is not None:
             self._judge(self._trial, last, epoch)
             self._trial = None
             return
-        generation, share = self.shares()
         if share is not None and generation != self._generation:
             self._generation = generation
             self._take_share(share, epoch)

@@ -47,14 +47,14 @@ JOBS = {
 # -- one job (run as its own process) ---------------------------------------------------
 
 
-def run_job(name: str, arm: str, slot: int, cores: int) -> dict[str, Any]:
+def run_job(name: str, arm: str, slot: int, cores: int, epochs: int) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader, Subset
 
     import autotune
     from autotune.workloads import WORKLOADS, resnet18_cifar
 
-    epochs, batches = JOBS[name]
+    batches = JOBS[name][1]
     workload = WORKLOADS[name]
     torch.manual_seed(0)
     batch = 32 if name == "cnn" else 8
@@ -84,7 +84,7 @@ def run_job(name: str, arm: str, slot: int, cores: int) -> dict[str, Any]:
 # -- the arms ------------------------------------------------------------------------------------
 
 
-def run_arm(arm: str, cores: int, workdir: Path) -> dict[str, Any]:
+def run_arm(arm: str, cores: int, workdir: Path, epochs: dict[str, int]) -> dict[str, Any]:
     socket_path = workdir / f"{arm}.sock"
     env = dict(os.environ, AUTOTUNE_SOCKET=str(socket_path))
     daemon = None
@@ -101,7 +101,8 @@ def run_arm(arm: str, cores: int, workdir: Path) -> dict[str, Any]:
     try:
         started = time.perf_counter()
         processes = [subprocess.Popen([sys.executable, __file__, "--job", name, "--arm", arm,
-                                       "--slot", str(slot), "--cores", str(cores)],
+                                       "--slot", str(slot), "--cores", str(cores),
+                                       "--job-epochs", str(epochs[name])],
                                       env=env, stdout=subprocess.PIPE, text=True)
                      for slot, name in enumerate(JOBS)]
         results = []
@@ -158,10 +159,23 @@ def main() -> int:
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cores", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--job-epochs", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", action="append", default=[], metavar="JOB=N",
+                        help="epochs of a job (default cnn=6, transformer=5); unequal "
+                             "lengths show a share moving to the job that is left")
+    parser.add_argument("--name", default="daemon_jobs",
+                        help="result file name without extension (default daemon_jobs)")
     args = parser.parse_args()
     if args.job:
-        print(json.dumps(run_job(args.job, args.arm, args.slot, args.cores)), flush=True)
+        print(json.dumps(run_job(args.job, args.arm, args.slot, args.cores,
+                                 args.job_epochs or JOBS[args.job][0])), flush=True)
         return 0
+    epochs = {name: e for name, (e, _) in JOBS.items()}
+    for item in args.epochs:
+        name, _, count = item.partition("=")
+        if name not in JOBS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--epochs {item!r}: use JOB=N with JOB one of {', '.join(JOBS)}")
+        epochs[name] = int(count)
 
     from autotune.telemetry.daemon import usable_cpus
 
@@ -172,7 +186,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="at-", dir="/tmp") as workdir:
         for round_number in range(1, args.rounds + 1):
             for arm in ARMS:
-                run = run_arm(arm, cores, Path(workdir))
+                run = run_arm(arm, cores, Path(workdir), epochs)
                 run["round"] = round_number
                 runs.append(run)
                 jobs = ", ".join(f"{j['job']} {j['time_s']:.1f} s ({j['plan_threads']} "
@@ -192,7 +206,8 @@ def main() -> int:
         "command": "python benchmarks/daemon_jobs.py " + shlex.join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cores": cores, "load_before": load_before, "load_after": loadavg(),
-        "jobs": {name: {"epochs": e, "batches_per_epoch": b} for name, (e, b) in JOBS.items()},
+        "jobs": {name: {"epochs": epochs[name], "batches_per_epoch": b}
+                 for name, (_, b) in JOBS.items()},
         "runs": runs, "summary": summary,
         "speedup_vs_alone": alone / daemon,
         "daemon_vs_static": daemon / static,
@@ -200,13 +215,13 @@ def main() -> int:
                     "daemon within 5% of static (or faster)": daemon <= static * 1.05},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "daemon_jobs.json", result)
-    plot(result, args.out / "daemon_jobs.png")
+    write_json(args.out / f"{args.name}.json", result)
+    plot(result, args.out / f"{args.name}.png")
     print(f"\nmedians: alone {alone:.1f} s, static {static:.1f} s, daemon {daemon:.1f} s -> "
           f"daemon {alone / daemon:.2f}x faster than alone (target >= 3: "
           f"{'met' if alone / daemon >= 3 else 'NOT met'}), {daemon / static:.2f}x the static "
           f"split's time (target <= 1.05: {'met' if daemon <= static * 1.05 else 'NOT met'})")
-    print(f"wrote {args.out / 'daemon_jobs.json'} and {args.out / 'daemon_jobs.png'}")
+    print(f"wrote {args.out / (args.name + '.json')} and {args.out / (args.name + '.png')}")
     return 0
 
 

@@ -192,9 +192,11 @@ def test_an_input_bound_job_gains_loader_workers_between_epochs(coordinator):
                           torch.nn.functional.cross_entropy, progress=False)
     client = job_client.current()
     with engine:
-        engine.fit(tuned.loader, epochs=2)
-        # Epoch 1's report (half the time waiting for data) re-divides the cores.
+        engine.fit(tuned.loader, epochs=3)
+        # Epoch 2's report (most of it waiting for data) re-divides the cores
+        # (epoch 1, the warm-up, is not reported).
         assert _wait(lambda: client.grant.loader_workers == 1), client.grant
+        assert client.observations[0].threads == 2  # measured under the first share
         engine.fit(tuned.loader, epochs=3)
         history = engine.history
         changes = engine.plugin_state("daemon")["live"].changes
@@ -351,3 +353,30 @@ def test_a_tuning_trials_engine_is_never_changed_live(coordinator):
         engine.fit(tuned.loader, epochs=6)
         assert engine.plugin_state("daemon")["live"].changes == []
         assert {delay for _, delay in engine.plugin_state("slowdown")["used"]} == {0.0}
+
+
+def test_an_epoch_that_overlapped_a_new_share_is_not_reported():
+    """Round 2 of the benchmark once taught the daemon that a job gains
+    nothing from two threads: its two-thread epoch had run beside a job
+    that had just arrived. Only epochs run wholly under the latest share count."""
+    from autotune.live import LiveAdapter
+    from autotune.resources import Share
+
+    tuned = small_job(Slowdown())
+    engine = engine_for(tuned)
+    current = {"generation": 1, "share": Share(threads=2, reason="alone")}
+    reported = []
+    adapter = LiveAdapter(engine, lambda: (current["generation"], current["share"]),
+                          observe=lambda metrics: reported.append(metrics.epoch))
+    with engine:
+        for epoch in range(1, 6):
+            adapter.at_epoch_start(epoch)
+            if epoch == 2:  # a job arrives during epoch 2
+                current.update(generation=2, share=Share(threads=1, reason="two jobs"))
+            engine.fit(tuned.loader, epochs=1)
+        adapter.at_epoch_start(6)
+    # 1: warm-up; 2: overlapped the arrival; 3 on: run under the new share,
+    # taken at the start of epoch 3.
+    assert reported == [3, 4, 5]
+    assert [c.outcome for c in adapter.changes][:1] == ["share"]
+    assert adapter.changes[0].epoch == 3
