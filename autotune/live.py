@@ -9,7 +9,10 @@ these per boundary, so each change is measured against the epoch before:
    ``1 - SLOWER_MARGIN`` times the samples/s of the epoch before it,
    otherwise reverted and never proposed again;
 2. a new share from the daemon is taken (threads, worker cap, cpus: each
-   plugin sizes its own settings, source ``daemon``);
+   plugin sizes its own settings, source ``daemon``); a share with fewer
+   threads than are running is taken at once, after the next optimizer
+   step (:meth:`LiveAdapter.at_step`), since running beside a job that has
+   just arrived oversubscribes the cores;
 3. otherwise the plugins' ``autotune_live_candidate`` proposals are asked
    and the first one not refused is tried for one epoch.
 
@@ -106,6 +109,21 @@ class LiveAdapter:
             self._change(epoch, last, generation, share)
         self._generation_at_start = self.shares()[0]
         self._clean = self._generation == self._generation_at_start
+
+    def at_step(self) -> None:
+        """After an optimizer step: a share with fewer threads than are running
+        (a job arrived) is taken at once -- oversubscribed cores slow every
+        job -- while more cores wait for the epoch boundary."""
+        if self.engine.trial:
+            return
+        generation, share = self.shares()
+        if generation == self._generation or share is None or share.threads is None:
+            return
+        import torch
+
+        if share.threads < torch.get_num_threads():
+            self._generation = generation
+            self._take_share(share, len(self.engine.history) + 1)
 
     def _change(self, epoch: int, last: "EpochMetrics", generation: int,
                 share: Share | None) -> None:

@@ -165,6 +165,13 @@ def autotune_epoch_start(engine: Any, epoch: int) -> None:
 
 
 @hookimpl
+def autotune_after_optimizer_step(engine: Any) -> None:
+    adapter = engine.plugin_state(NAME).get("live")
+    if adapter is not None:
+        adapter.at_step()
+
+
+@hookimpl
 def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
     if set(values) != {"cpus"} or not values["cpus"] or not hasattr(os, "sched_setaffinity"):
         return False

@@ -210,8 +210,8 @@ def test_an_input_bound_job_gains_loader_workers_between_epochs(coordinator):
     assert engine.plan.setting("threads", "intra_op") == engine.plan.setting(
         "threads", "intra_op").__class__(1, Source.DAEMON, client.grant.reason,
                                          engine.plan.setting("threads", "intra_op").effect)
-    # The daemon heard every epoch, as measured under each share.
-    assert {(o.threads, o.loader_workers) for o in client.observations} >= {(1, 0), (1, 1)}
+    # The daemon heard the epochs run wholly under one setting: the first share, the worker.
+    assert {(o.threads, o.loader_workers) for o in client.observations} >= {(2, 0), (1, 1)}
 
 
 def test_a_slower_live_setting_is_reverted_and_not_tried_again(coordinator):
@@ -380,3 +380,28 @@ def test_an_epoch_that_overlapped_a_new_share_is_not_reported():
     assert reported == [3, 4, 5]
     assert [c.outcome for c in adapter.changes][:1] == ["share"]
     assert adapter.changes[0].epoch == 3
+
+
+def test_fewer_threads_are_taken_at_the_next_step_more_at_the_epoch_boundary():
+    from autotune.live import LiveAdapter
+    from autotune.resources import Share
+
+    tuned = small_job(Slowdown())
+    engine = engine_for(tuned)
+    current = {"generation": 1, "share": Share(threads=2, reason="alone")}
+    adapter = LiveAdapter(engine, lambda: (current["generation"], current["share"]))
+    with engine:
+        torch.set_num_threads(2)
+        adapter.at_epoch_start(1)
+        engine.fit(tuned.loader, epochs=1)
+        adapter.at_epoch_start(2)  # takes generation 1
+        current.update(generation=2, share=Share(threads=1, reason="a job arrived"))
+        adapter.at_step()
+        assert torch.get_num_threads() == 1  # at once, mid-epoch
+        current.update(generation=3, share=Share(threads=2, reason="it left"))
+        adapter.at_step()
+        assert torch.get_num_threads() == 1  # more cores: only at the boundary
+        adapter.at_epoch_start(3)
+        assert torch.get_num_threads() == 2
+    assert [(c.epoch, c.values) for c in adapter.changes] == [
+        (2, {"intra_op": 1}), (3, {"intra_op": 2})]
