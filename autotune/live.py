@@ -33,6 +33,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
+
 from autotune.knobs import Effect
 from autotune.plan import Source
 from autotune.report import Kind
@@ -119,8 +121,6 @@ class LiveAdapter:
         generation, share = self.shares()
         if generation == self._generation or share is None or share.threads is None:
             return
-        import torch
-
         if share.threads < torch.get_num_threads():
             self._generation = generation
             self._take_share(share, len(self.engine.history) + 1)

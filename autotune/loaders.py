@@ -19,6 +19,16 @@ def is_dataloader(loader: Any) -> bool:
     return isinstance(loader, DataLoader)
 
 
+def workers_adjustable(loader: Any) -> bool:
+    """True for a plain torch DataLoader over a map-style dataset: it can be
+    rebuilt with another worker count and yield the same samples. A subclass
+    may rely on its own constructor; every worker iterates its own copy of
+    an IterableDataset, so another count would repeat or drop samples."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    return type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset)
+
+
 def one_shot(loader: Any) -> bool:
     """True for an iterator (a generator, ``iter(x)``): a second pass over it
     yields nothing. A DataLoader or a list starts afresh at every ``iter``."""

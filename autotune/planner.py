@@ -72,10 +72,9 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
     # every plugin sizes its own settings to it (source "daemon").
     shared = manager.machine_share(context, plan)
     if shared is not None:
-        plan = share_plan(manager.drop_failed(plan), shared[1], context=context, manager=manager,
-                          source=Source.DAEMON)
+        plan = manager.drop_failed(share_plan(plan, shared[1], context=context,
+                                              manager=manager, source=Source.DAEMON))
         context = replace(context, share=shared[1])
-        plan = manager.drop_failed(plan)
     log.info("plan made with profile %s: %d plugins", plan.profile, len(plan.settings))
     return Planned(plan=plan, context=context, recommendation=recommendation, manager=manager)
 

@@ -69,16 +69,14 @@ def share_of(grant: Any) -> Share:
 
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting] | None:
-    from torch.utils.data import DataLoader, IterableDataset
-
     from autotune.coordinator.client import join
+    from autotune.loaders import workers_adjustable
 
     options = parse_options(NAME, Options, dict(context.options_for(NAME)))
     if context.workload.model is None:
         return None  # a plan without a model (``autotune plan``) is no training job
-    loader = context.workload.loader
-    usable = type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset)
-    client = join(loader_workers_usable=usable, wait_s=options.wait_s)
+    client = join(loader_workers_usable=workers_adjustable(context.workload.loader),
+                  wait_s=options.wait_s)
     if client is None or client.grant is None:
         return None
     where = f"registered with autotune daemon on {client.path}"
@@ -136,11 +134,17 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
         engine.on_close(pin_process(cpus))
         engine.note(NAME, Kind.APPLIED, f"pinned to cpu(s) {cpus} (restored at close)")
 
+    made: dict[int, Share] = {}  # asked after every optimizer step: one Share per grant
+
     def shares() -> tuple[int, Share | None]:
         client = _client()
         if client is None or client.grant is None:
             return 0, None
-        return client.generation, share_of(client.grant)
+        generation = client.generation
+        if generation not in made:
+            made.clear()
+            made[generation] = share_of(client.grant)
+        return generation, made[generation]
 
     engine.plugin_state(NAME)["live"] = LiveAdapter(engine, shares, observe=_report, owner=NAME)
 

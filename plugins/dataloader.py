@@ -26,7 +26,7 @@ from autotune import hookimpl
 from autotune.context import Context, Workload
 from autotune.hardware import Hardware
 from autotune.knobs import LOADER, Knob, true_or_false, whole_number
-from autotune.loaders import loader_settings, rebuild_loader
+from autotune.loaders import loader_settings, rebuild_loader, workers_adjustable
 from autotune.options import clamp_to, describe_bounds, parse_options
 from autotune.plan import Setting, default, from_profile
 from autotune.report import Kind
@@ -183,10 +183,8 @@ def candidates(hardware: Hardware, plan_values: Mapping[str, Any] | None = None,
     0, 1, half and all of the usable cores. Nothing for a loader that is not
     a plain torch DataLoader or iterates an IterableDataset (another worker
     count would repeat or drop samples there)."""
-    from torch.utils.data import DataLoader, IterableDataset
-
     loader = workload.loader if workload is not None else None
-    if loader is None or type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset):
+    if not workers_adjustable(loader):
         return []
     cores = hardware.cpu.worker_budget
     if share is not None and share.loader_workers is not None:
@@ -271,17 +269,11 @@ def autotune_resource_share(plan: Any, share: Share) -> dict[str, Setting]:
 INPUT_BOUND = 0.2
 
 
-def _rebuildable(loader: Any) -> bool:
-    from torch.utils.data import DataLoader, IterableDataset
-
-    return type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset)
-
-
 @hookimpl
 def autotune_live_candidate(engine: Any, metrics: Any, share: Share | None) -> dict[str, Any] | None:
     """Input-bound: twice the workers (two from none), within the share."""
     state = engine.plugin_state(NAME)
-    if metrics.data_wait_fraction < INPUT_BOUND or not _rebuildable(state.get("given")):
+    if metrics.data_wait_fraction < INPUT_BOUND or not workers_adjustable(state.get("given")):
         return None
     current = int(engine.plan.get(NAME, "num_workers", 0) or 0)
     if share is not None and share.loader_workers is not None:
@@ -301,7 +293,7 @@ def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
     """Workers change between epochs: the next epoch's loader is rebuilt
     (``autotune_epoch_loader``) from the one given to ``fit``."""
     state = engine.plugin_state(NAME)
-    if not _rebuildable(state.get("given")) or set(values) - {
+    if not workers_adjustable(state.get("given")) or set(values) - {
             "num_workers", "persistent_workers", "prefetch_factor"}:
         return False
     state["live"] = {key: engine.plan.get(NAME, key) for key in
@@ -317,7 +309,7 @@ def autotune_epoch_loader(engine: Any, loader: Any, epoch: int) -> Any:
     state = engine.plugin_state(NAME)
     state["given"] = loader
     wanted = state.get("live")
-    if not wanted or not _rebuildable(loader):
+    if not wanted or not workers_adjustable(loader):
         return None
     key = (id(loader), tuple(sorted(wanted.items())))
     rebuilt = state.get("rebuilt")

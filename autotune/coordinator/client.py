@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from autotune.coordinator.allocator import Grant, Observation
-from autotune.coordinator.protocol import (HEARTBEAT_INTERVAL_S, LineReader, ProtocolError,
-                                           encode, parse, socket_path)
+from autotune.coordinator.protocol import (HEARTBEAT_INTERVAL_S, MAX_OBSERVATIONS, LineReader,
+                                           ProtocolError, encode, parse, socket_path)
 
 log = logging.getLogger("autotune.daemon")
 
@@ -90,7 +90,7 @@ class JobClient:
 
     def report(self, observation: Observation, diagnosis: str = "") -> None:
         """One epoch measured under the share in force."""
-        self.observations = [*self.observations, observation][-32:]
+        self.observations = [*self.observations, observation][-MAX_OBSERVATIONS:]
         self._send("report", threads=observation.threads,
                    loader_workers=observation.loader_workers,
                    samples_per_s=observation.samples_per_s, data_wait=observation.data_wait,

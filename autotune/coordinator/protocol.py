@@ -49,6 +49,10 @@ HEARTBEAT_TIMEOUT_S = 5.0
 #: How often a job says it is alive.
 HEARTBEAT_INTERVAL_S = 1.0
 
+#: Observations a job keeps and re-sends when it registers again, and the
+#: daemon keeps per job (the latest ones count).
+MAX_OBSERVATIONS = 32
+
 _NUMBER = (int, float)
 
 #: Per message type: field -> (accepted types, required).

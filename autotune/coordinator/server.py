@@ -27,15 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autotune.coordinator.allocator import Demand, Grant, Observation, allocate
-from autotune.coordinator.protocol import (HEARTBEAT_TIMEOUT_S, LineReader, ProtocolError,
-                                           encode, parse)
+from autotune.coordinator.protocol import (HEARTBEAT_TIMEOUT_S, MAX_OBSERVATIONS, LineReader,
+                                           ProtocolError, encode, parse)
 from autotune.errors import AutotuneError
 
 log = logging.getLogger("autotune.daemon")
-
-#: Observations kept per job (the latest ones count).
-MAX_OBSERVATIONS = 32
-
 
 class AlreadyListening(AutotuneError):
     """Another daemon answers on this socket."""
@@ -309,16 +305,14 @@ def _same(a: Grant, b: Grant) -> bool:
 def _describe(job: _Job) -> dict[str, Any]:
     grant = job.grant
     report = job.last_report
-    wait = report.get("data_wait")
     return {"job": job.job, "pid": job.pid, "command": job.command,
             "threads": grant.threads if grant else 0,
             "loader_workers": grant.loader_workers if grant else 0,
             "cpus": list(grant.cpus) if grant else [],
             "waiting": bool(grant and grant.waiting),
-            "samples_per_s": report.get("samples_per_s"), "data_wait": wait,
-            "diagnosis": report.get("diagnosis") or ("" if wait is None else
-                                                     "input-bound" if wait >= 0.3 else
-                                                     "compute-bound"),
+            "samples_per_s": report.get("samples_per_s"), "data_wait": report.get("data_wait"),
+            # The job's own reading of its epoch (the daemon plugin sends one).
+            "diagnosis": report.get("diagnosis", ""),
             "registered": job.registered, "reason": grant.reason if grant else ""}
 
 
