@@ -176,6 +176,15 @@ def engine_for(tuned, **kwargs):
                   context=tuned.context, progress=False, **kwargs)
 
 
+def test_a_socket_the_daemon_cannot_listen_on_is_one_clear_error(tmp_path):
+    from autotune.errors import AutotuneError
+
+    too_long = Path("/tmp") / ("x" * 120) / "daemon.sock"  # over the 108-byte limit
+    with pytest.raises(AutotuneError, match=r"cannot listen on .*choose another --socket"):
+        Coordinator(too_long, [0]).start()
+    shutil.rmtree(too_long.parent, ignore_errors=True)
+
+
 def _wait(predicate, timeout_s=30):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not predicate():

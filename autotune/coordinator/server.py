@@ -85,18 +85,26 @@ class Coordinator:
 
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:
-        _prepare_directory(self.path.parent)
-        if self.path.exists() or self.path.is_symlink():
-            if _answers(self.path):
-                raise AlreadyListening(f"another autotune daemon listens on {self.path}; "
-                                       "stop it first or choose another --socket")
-            self.path.unlink()  # left by a daemon that died
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # the socket is born 0600, never readable by others
         try:
-            server.bind(str(self.path))
-        finally:
-            os.umask(old_umask)
+            _prepare_directory(self.path.parent)
+            if self.path.exists() or self.path.is_symlink():
+                if _answers(self.path):
+                    raise AlreadyListening(f"another autotune daemon listens on {self.path}; "
+                                           "stop it first or choose another --socket")
+                self.path.unlink()  # left by a daemon that died
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o177)  # the socket is born 0600, never readable by others
+            try:
+                server.bind(str(self.path))
+            except OSError:
+                server.close()
+                raise
+            finally:
+                os.umask(old_umask)
+        except OSError as exc:  # a path too long for a Unix socket, a directory not ours...
+            raise AutotuneError(f"daemon: cannot listen on {self.path}: "
+                                f"{exc.strerror or exc}; choose another --socket "
+                                "(or $AUTOTUNE_SOCKET)") from None
         os.chmod(self.path, 0o600)
         server.listen(16)
         server.settimeout(0.2)
