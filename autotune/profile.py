@@ -525,6 +525,12 @@ def load_file(path: Path, origin: str = "user") -> Profile:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = str(getattr(exc, "problem", None) or exc)
+        if "nesting depth" in problem:
+            # PyYAML >= 6.0.4 stops deep flow nesting ("[[[[...") in its
+            # scanner, at its own limit (1000), before _scan sees an event:
+            # past ours either way, so it is reported as ours.
+            raise ProfileError(f"nested more than {MAX_DEPTH} levels deep ({where.strip()})",
+                               file=file) from exc
         context, at = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         if context and at:
             problem += f" ({context} at line {at.line + 1}, column {at.column + 1})"

@@ -116,3 +116,87 @@ def test_readme_documents_every_cli_command_and_json_key():
     for key in ('"hardware"', '"profile"', '"profiles"', '"fingerprint"', '"disabled"',
                 '"hardware_fingerprint"', '"status"'):
         assert key in README, key
+
+
+def _imported_top_level_modules(root: Path) -> dict[str, str]:
+    """Every top-level module an ``import`` in ``root`` names, at any depth
+    of the file (optional imports inside functions included), with one file
+    that imports it."""
+    import ast
+    import sys
+
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "autotune":
+                    found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    """The distributions these requirements install by name: each one, and
+    what an extra it asks for adds (``dask[distributed]`` brings
+    ``distributed``), read from the installed distribution's metadata."""
+    from importlib import metadata
+
+    names = set()
+    for requirement in requirements:
+        match = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^\]]+)\])?", requirement)
+        name, extras = match.group(1), match.group(2)
+        names.add(_norm(name))
+        for extra in (extras or "").split(","):
+            try:
+                requires = metadata.requires(name) or []
+            except metadata.PackageNotFoundError:
+                continue
+            names |= {_norm(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in requires
+                      if extra.strip() and re.search(rf"extra\s*==\s*['\"]{extra.strip()}['\"]", r)}
+    return names
+
+
+#: Imported only as a fallback, when the declared package is missing.
+_FALLBACK_IMPORTS = {"pytorch_lightning": "lightning's standalone name, tried without lightning"}
+
+
+def test_every_library_import_is_a_declared_dependency():
+    """A fresh ``pip install -e .`` (plus the extra a feature names) must
+    bring every module the library imports: cloudpickle was imported by
+    cross-validation and came only by luck, through another package."""
+    from importlib.metadata import packages_distributions
+
+    project = _pyproject()["project"]
+    declared = _requirement_names(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        declared |= _requirement_names(extra)
+    providers = packages_distributions()
+    missing = {}
+    for root in (REPO / "autotune", REPO / "plugins"):
+        for module, where in _imported_top_level_modules(root).items():
+            dists = {_norm(d) for d in providers.get(module, [module])}
+            if not dists & declared and module not in _FALLBACK_IMPORTS:
+                missing[module] = where
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_the_dev_extra_installs_every_user_extra():
+    """CI installs [dev]; each extra a user can ask for must be in it, so CI
+    tests the bridges and backends those extras are for."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    users = set(extras) - {"dev"}
+    assert {"hf", "lightning", "accelerate", "dask"} <= users
+    dev = " ".join(extras["dev"])
+    included = set(re.findall(r"torch-autotune\[([^\]]+)\]", dev))
+    named = {n.strip() for group in included for n in group.split(",")}
+    assert named == users, f"[dev] includes {sorted(named)}, the user extras are {sorted(users)}"
