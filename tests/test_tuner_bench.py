@@ -4,11 +4,13 @@ table, the JSON and the plot (numbers themselves belong in benchmarks/)."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 
 from autotune.cli import main
 from autotune.tuner.bench import BenchResult, plot_bench
+from autotune.tuner.report import TuningReport
 from autotune.workloads import WORKLOADS, get_workload
 
 QUICK = ["bench", "--workload", "mlp", "--budget", "3", "--rounds", "1", "--chunk-s", "0.05",
@@ -30,11 +32,35 @@ def test_bench_json(capsys, tmp_path) -> None:
     assert data["workload"] == "mlp" and data["tuning"]["trials"][0]["role"] == "baseline"
     names = [h["name"] for h in data["headlines"]]
     assert names == ["defaults", "tuned"] and data["tuned_vs_defaults"] > 0
-    assert data["machine"]["torch"]
+    # Where and when it was measured, for a saved result to be judged.
+    machine = data["machine"]
+    assert machine["torch"] and machine["cpu"] and isinstance(machine["cpu_flags"], list)
+    assert isinstance(machine["gpus"], list) and "cuda" in machine
+    assert datetime.fromisoformat(data["date"]).utcoffset().total_seconds() == 0
+    for key in ("loadavg_before", "loadavg_after"):
+        assert data[key] is None or len(data[key]) == 3
     # A saved result reads back whole, so a committed benchmark can be plotted again.
     again = BenchResult.from_dict(data)
     assert json.loads(json.dumps(again.to_dict())) == data
     assert plot_bench(again, tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_header_names_the_command_the_machine_and_the_load() -> None:
+    result = BenchResult(
+        "mlp", "an MLP", "cuda:0", TuningReport(budget_s=1.0),
+        machine={"cpu": "Some CPU", "usable_cores": 2.0, "cpu_flags": ["avx2", "amx_bf16"],
+                 "gpus": [{"name": "H100", "driver": "550.54"}], "cuda": "12.4",
+                 "torch": "2.13.0", "python": "3.11.7", "os": "Linux"},
+        wall_s=12.5, date="2026-12-03T10:00:00+00:00", loadavg_before=[0.5, 0.4, 0.3],
+        loadavg_after=[1.5, 0.6, 0.4])
+    header = result.header("autotune bench --workload mlp")
+    lines = header.splitlines()
+    assert all(line.startswith("# ") for line in lines)
+    for part in ("autotune bench --workload mlp", "2026-12-03T10:00:00+00:00", "Some CPU",
+                 "avx2 amx_bf16", "H100 (driver 550.54)", "CUDA 12.4", "cuda:0", "torch 2.13.0",
+                 "before 0.50", "after 1.50", "12.5 s"):
+        assert part in header, part
+    assert "command" not in result.header()
 
 
 def test_bench_rejects_bad_input(capsys) -> None:

@@ -21,6 +21,7 @@ import statistics
 import textwrap
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,7 +40,6 @@ from autotune.tuner.tuning import tune
 from autotune.workloads import ReferenceWorkload, get_workload
 
 log = logging.getLogger("autotune.tuner")
-
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,11 @@ class BenchResult:
     headlines: tuple[Headline, ...] = ()
     machine: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: When the run started (UTC, ISO 8601) and the 1-minute load average
+    #: before and after it: a figure without them cannot be judged.
+    date: str = ""
+    loadavg_before: list[float] | None = None
+    loadavg_after: list[float] | None = None
 
     def headline(self, name: str) -> Headline | None:
         return next((h for h in self.headlines if h.name == name), None)
@@ -94,6 +99,25 @@ class BenchResult:
             text += f"\ntuned reaches {tuned_vs_grid:.0%} of the grid's best"
         return text
 
+    def header(self, command: str | None = None) -> str:
+        """``# key: value`` lines for the top of a saved text result: the
+        command (when the caller knows it), the date, the machine and the
+        load, so a table in a file says where and how it was measured."""
+        m = self.machine
+        gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver') or '?'})"
+                         for g in m.get("gpus", [])) or "none"
+        lines = [f"command: {command}"] if command else []
+        lines += [
+            f"date: {self.date or '?'}",
+            f"cpu: {m.get('cpu', '?')}, {m.get('usable_cores', '?')} usable cores, flags "
+            f"{' '.join(m.get('cpu_flags', [])) or 'none'}",
+            f"gpu: {gpus}; CUDA {m.get('cuda') or 'none'}; device used {self.device}",
+            f"torch {m.get('torch', '?')}, python {m.get('python', '?')}, {m.get('os', '?')}",
+            f"1-min load average before {_load(self.loadavg_before)}, "
+            f"after {_load(self.loadavg_after)}; run took {self.wall_s:.1f} s",
+        ]
+        return "\n".join(f"# {line}" for line in lines)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "workload": self.workload, "description": self.description, "device": self.device,
@@ -103,7 +127,8 @@ class BenchResult:
             "tuned_vs_grid_best": self.ratio("tuned", "grid best"),
             "tuning": self.tuning.to_dict(),
             "grid": [t.to_dict() for t in self.grid],
-            "machine": self.machine, "wall_s": self.wall_s,
+            "machine": self.machine, "wall_s": self.wall_s, "date": self.date,
+            "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after,
         }
 
     @classmethod
@@ -113,20 +138,48 @@ class BenchResult:
                    TuningReport.from_dict(data["tuning"]),
                    tuple(Trial.from_dict(t) for t in data.get("grid", ())),
                    tuple(Headline.from_dict(h) for h in data.get("headlines", ())),
-                   dict(data.get("machine", {})), float(data.get("wall_s", 0.0)))
+                   dict(data.get("machine", {})), float(data.get("wall_s", 0.0)),
+                   data.get("date", ""), data.get("loadavg_before"), data.get("loadavg_after"))
+
+
+def loadavg() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def _load(value: list[float] | None) -> str:
+    return "-" if not value else f"{value[0]:.2f}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def machine_facts() -> dict[str, Any]:
+    """The machine a figure was measured on, as :func:`autotune.detect`
+    reports it: CPU model and ISA flags (avx2, avx512*, amx*), cores,
+    memory, each GPU's name and driver, the CUDA build, torch and Python.
+    The one description every benchmark result records."""
     from autotune.detect import detect
 
     hardware = detect()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": hardware.cpu.brand, "cores": hardware.cpu.usable_cores,
-            "cpu_flags": list(hardware.cpu.flags),
-            "gpus": [g.name for g in hardware.gpus], "torch": torch.__version__,
+    cuda_ran = hardware.cuda_available
+    return {"cpu": hardware.cpu.brand, "vendor": hardware.cpu.vendor,
+            "arch": hardware.cpu.arch, "cpu_flags": list(hardware.cpu.flags),
+            "has_bf16": hardware.cpu.has_bf16,
+            "physical_cores": hardware.cpu.physical_cores,
+            "logical_cores": hardware.cpu.logical_cores,
+            "usable_cores": hardware.cpu.usable_cores,
+            "memory_gb": round(hardware.memory.total_gb, 1),
+            "gpus": [{"name": g.name, "driver": g.driver_version,
+                      "memory_gb": round(g.memory_gb, 1),
+                      "compute_capability": ".".join(map(str, g.compute_capability))}
+                     for g in hardware.gpus],
+            "cuda": hardware.cuda_version or None, "cuda_available": cuda_ran,
+            "cudnn": torch.backends.cudnn.version() if cuda_ran else None,
+            "torch": hardware.torch_version or torch.__version__,
             "python": platform.python_version(), "os": hardware.os,
-            "fingerprint": hardware.fingerprint,
-            "loadavg_at_start": list(load) if load else None}
+            "fingerprint": hardware.fingerprint, "notes": list(hardware.notes)}
 
 
 def _confirm(runner: TrialRunner, contenders: list[tuple[str, Config]], rounds: int) -> list[Headline]:
@@ -165,6 +218,7 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
     from autotune.applying import resolve_device
 
     started = time.perf_counter()
+    date, load_before = utc_now(), loadavg()
     machine = machine_facts()
     spec = get_workload(workload) if isinstance(workload, str) else workload
     model, loader, optimizer = spec.build(seed)
@@ -202,7 +256,7 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
         runner.close()
     return BenchResult(spec.name, spec.description, str(target), result.report,
                        tuple(grid_trials), tuple(headlines), machine,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, date, load_before, loadavg())
 
 
 def confirm_configs(workload: str | ReferenceWorkload,
