@@ -12,8 +12,9 @@ neither search profits from the other's compilation. The searches are
 user calls it; the wall time of that call is recorded and checked against
 the budget plus the stated tolerance. Then one process measures defaults and
 each budget's pick (--rounds, interleaved, medians). Targets: the shortest
-budget's pick reaches >= 0.97 of the longest budget's pick, and every apply
-returns within budget + tolerance. The exit code is 1 when one is missed.
+budget's pick reaches >= 0.97 of the longest budget's pick (--target
+short_vs_long=X changes it), and every apply returns within budget +
+tolerance. The exit code is 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_OUT, Disturbance, loadavg, wait_for_quiet, write_json  # noqa: E402
+from common import (DEFAULT_OUT, Disturbance, add_target_option, check, parse_targets,  # noqa: E402
+                    provenance, report_targets, utc_now, wait_for_quiet, write_json)
 
 TARGET_SHORT_VS_LONG = 0.97
 
@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "budget_buys.json",
                         help="the result file (default %(default)s; the committed one is "
-                             "benchmarks/results/budget_buys.json)")
+                             "benchmarks/results/budget_buys_cnn.json)")
+    add_target_option(parser, {"short_vs_long": "the shortest budget's pick / the longest's "
+                                                "samples/s, at least (default "
+                                                f"{TARGET_SHORT_VS_LONG})"})
     parser.add_argument("--child-search", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-confirm", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -91,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         child_confirm(workload, Path(picks), int(rounds), Path(out))
         return 0
 
-    from autotune.tuner.bench import machine_facts
     from autotune.tuner.budget import TOLERANCE_S
 
+    wanted = parse_targets(parser, args.target, ("short_vs_long",)).get(
+        "short_vs_long", TARGET_SHORT_VS_LONG)
     budgets = sorted(args.budget or [60.0, 150.0])
     load_before = wait_for_quiet(args.max_load, args.max_wait)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = utc_now()
     watch = Disturbance()
     searches = []
     with tempfile.TemporaryDirectory(prefix="budget-buys-") as scratch:
@@ -122,31 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     rate = {h["name"]: h["samples_per_s"] for h in headlines}
     short, long = f"{budgets[0]:g} s pick", f"{budgets[-1]:g} s pick"
     ratio = (rate[short] / rate[long]) if rate.get(short) and rate.get(long) else None
-    checks = {"short_vs_long": {"target": TARGET_SHORT_VS_LONG, "measured": ratio,
-                                "met": ratio is not None and ratio >= TARGET_SHORT_VS_LONG}}
+    checks = {"short_vs_long": check(ratio, wanted)}
     for search in searches:
-        limit = search["budget_s"] + TOLERANCE_S
-        checks[f"apply_within_{search['budget_s']:g}s"] = {
-            "target": limit, "measured": search["apply_wall_s"],
-            "met": search["apply_wall_s"] <= limit}
-    record = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-              "started": started, "loadavg_before": load_before, "loadavg_after": loadavg(),
-              "foreign_cpu_share": watch.share(), "machine": machine_facts(),
+        checks[f"apply_within_{search['budget_s']:g}s"] = check(
+            search["apply_wall_s"], search["budget_s"] + TOLERANCE_S, at_most=True)
+    record = {**provenance(sys.argv if argv is None else [__file__, *argv], date=started,
+                           load_before=load_before, foreign_cpu_share=watch.share()),
               "workload": args.workload, "searches": searches, "headlines": headlines,
               "targets": checks}
     write_json(args.out, record)
-    print("\n".join(f"  {h['name']:>12}: {h['samples_per_s']:.1f} samples/s "
-                    f"({h['samples_per_s'] / rate['defaults']:.2f}x defaults)  {h['label']}"
-                    for h in headlines if h.get("samples_per_s")))
-    missed = []
-    for name, check in checks.items():
-        shown = "-" if check["measured"] is None else f"{check['measured']:.2f}"
-        print(f"  target {name}: {shown} vs {check['target']} "
-              f"({'met' if check['met'] else 'NOT met'})")
-        if not check["met"]:
-            missed.append(name)
+    for h in headlines:
+        if h.get("samples_per_s"):
+            vs = (f"{h['samples_per_s'] / rate['defaults']:.2f}x" if rate.get("defaults")
+                  else "-")
+            print(f"  {h['name']:>12}: {h['samples_per_s']:.1f} samples/s ({vs} defaults)  "
+                  f"{h['label']}")
+    code = report_targets(checks)
     print(f"  wrote {args.out}")
-    return 1 if missed else 0
+    return code
 
 
 if __name__ == "__main__":

@@ -1,26 +1,136 @@
-"""Shared by run_cpu.py and run_gpu.py: wait for a quiet machine, run one
-workload through ``autotune.tuner.bench.run_bench``, and write the result
-(JSON with the command, the machine and its load, plus a plot)."""
+"""Shared by the benchmark scripts: what every result file records
+(:func:`provenance`), targets (``--target NAME=VALUE``, :func:`report_targets`),
+waiting for a quiet machine, and -- for run_cpu.py and run_gpu.py -- one
+workload through ``autotune.tuner.bench.run_bench`` (:func:`run_one`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 #: The committed results. Scripts write here only when asked (--out
 #: benchmarks/results); by default they write to DEFAULT_OUT, which git ignores.
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "runs" / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
+
+#: The keys :func:`provenance` puts at the top of every result file.
+PROVENANCE_KEYS = ("command", "cwd", "executable", "commit", "date", "machine",
+                   "loadavg_before", "loadavg_after", "foreign_cpu_share")
 
 
 def loadavg() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_commit() -> dict[str, Any] | None:
+    """The checkout's commit and whether tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"sha": head, "modified_files": bool(dirty)}
+
+
+def provenance(argv: Sequence[str] | None = None, *, date: str | None = None,
+               load_before: list[float] | None = None,
+               foreign_cpu_share: float | None = None) -> dict[str, Any]:
+    """What every result file records, beside its figures, at its top level
+    (:data:`PROVENANCE_KEYS`): the command (``argv`` as ``sys.argv`` spells
+    it, default ``sys.argv``; the script's path relative to the checkout,
+    as the README's commands are run from its root, plus the working
+    directory and the interpreter), the checkout's commit, the date the run
+    started (UTC, ISO 8601; default now), the machine as ``autotune.detect()``
+    reports it (CPU model and ISA flags, GPUs with driver, CUDA build,
+    torch: :func:`autotune.tuner.bench.machine_facts`), the load averages
+    before (``load_before``; default now) and after (now), and the share of
+    the CPU other processes used meanwhile where the harness measured it
+    (None where it did not).
+
+    Call it when the run is over, with what was read at its start."""
+    from autotune.tuner.bench import machine_facts
+
+    argv = list(sys.argv if argv is None else argv)
+    if argv:
+        script = Path(argv[0]).resolve()
+        if script.is_relative_to(REPO):
+            argv[0] = str(script.relative_to(REPO))
+    return {
+        "command": shlex.join(["python", *argv]),
+        "cwd": os.getcwd(),
+        "executable": sys.executable,
+        "commit": _git_commit(),
+        "date": date or utc_now(),
+        "machine": machine_facts(),
+        "loadavg_before": load_before if load_before is not None else loadavg(),
+        "loadavg_after": loadavg(),
+        "foreign_cpu_share": foreign_cpu_share,
+    }
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+
+def add_target_option(parser: argparse.ArgumentParser, targets: Mapping[str, str]) -> None:
+    """``--target NAME=VALUE`` (repeatable) to change a script's target;
+    ``targets`` names each one and says what it means (shown in --help)."""
+    listed = "; ".join(f"{name}: {what}" for name, what in targets.items()).replace("%", "%%")
+    parser.add_argument("--target", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"change a target (repeatable). {listed}")
+
+
+def parse_targets(parser: argparse.ArgumentParser, items: Sequence[str],
+                  names: Sequence[str]) -> dict[str, float]:
+    """The ``--target NAME=VALUE`` items as ``{NAME: VALUE}``, NAME one of ``names``."""
+    chosen: dict[str, float] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            chosen[name] = float(value)
+        except ValueError:
+            name = ""
+        if name not in names:
+            parser.error(f"--target {item!r}: use NAME=VALUE, NAME one of {', '.join(names)}")
+    return chosen
+
+
+def check(measured: float | None, target: float, *, at_most: bool = False) -> dict[str, Any]:
+    """One target as result files record it: met when ``measured`` is at
+    least ``target`` (at most, with ``at_most``); a missing figure misses."""
+    met = measured is not None and (measured <= target if at_most else measured >= target)
+    return {"target": target, "rule": "<=" if at_most else ">=", "measured": measured,
+            "met": bool(met)}
+
+
+def report_targets(checks: Mapping[str, Mapping[str, Any]], *, summary: bool = True) -> int:
+    """Print each target with its figure (and, with ``summary``, a line
+    listing the missed ones); the exit code: 1 when one is missed."""
+    missed = []
+    for name, c in checks.items():
+        shown = "-" if c["measured"] is None else f"{c['measured']:.4g}"
+        print(f"  target {name} {c.get('rule', '>=')} {c['target']:g}: {shown} "
+              f"({'met' if c['met'] else 'NOT met'})", flush=True)
+        if not c["met"]:
+            missed.append(f"{name} {c.get('rule', '>=')} {c['target']:g} (measured {shown})")
+    if missed and summary:
+        print("targets missed: " + "; ".join(missed), flush=True)
+    return 1 if missed else 0
 
 
 def busy_share(seconds: float = 5.0) -> float:
@@ -35,6 +145,8 @@ def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 20.0,
     """Wait until the 1-minute load average is below ``max_load`` and the
     cores are (nearly) idle right now -- the load average lags by a minute --
     at most ``max_wait_s``: other jobs on a shared machine skew the numbers."""
+    if max_wait_s <= 0:  # measure whatever the load: nothing to wait for
+        return loadavg()
     deadline = time.monotonic() + max_wait_s
     while True:
         load = loadavg()
@@ -102,10 +214,13 @@ def write_json(path: Path, data: Any) -> None:
 def run_one(workload: Any, name: str, prefix: str, *, budget_s: float, grid: bool, rounds: int,
             chunk_s: float, device: str | None, max_load: float, max_wait_s: float,
             targets: dict[str, float], out_dir: Path, attempts: int = 3,
-            max_foreign: float = 0.05) -> dict[str, Any]:
+            max_foreign: float = 0.05, argv: Sequence[str] | None = None,
+            file_name: str | None = None) -> dict[str, Any]:
     """Run one workload; when other processes used more than ``max_foreign``
     of the CPU meanwhile, run it again (up to ``attempts``), keeping the
-    least disturbed run."""
+    least disturbed run. Writes ``<out_dir>/<file_name>.json`` and ``.png``
+    (default file name ``<prefix>_<name>``); ``argv`` is the command line
+    recorded (default ``sys.argv``). Each target is a minimum."""
     from autotune.tuner.bench import plot_bench, run_bench
     from autotune.tuner.trial import TrialOptions
 
@@ -113,7 +228,7 @@ def run_one(workload: Any, name: str, prefix: str, *, budget_s: float, grid: boo
     best = None
     for attempt in range(1, attempts + 1):
         load_before = wait_for_quiet(max_load, max_wait_s)
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = utc_now()
         watch = Disturbance()
         result = run_bench(workload, budget_s=budget_s, grid=grid, rounds=rounds, device=device,
                            trial=TrialOptions(chunk_s=chunk_s), progress=False)
@@ -128,29 +243,20 @@ def run_one(workload: Any, name: str, prefix: str, *, budget_s: float, grid: boo
     data = result.to_dict()
     achieved = {"tuned_vs_defaults": data["tuned_vs_defaults"],
                 "tuned_vs_grid_best": data["tuned_vs_grid_best"]}
-    checks = {}
-    for key, wanted in targets.items():
-        value = achieved.get(key)
-        checks[key] = {"target": wanted, "measured": value,
-                       "met": value is not None and value >= wanted}
+    checks = {key: check(achieved.get(key), wanted) for key, wanted in targets.items()}
     record = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "started": started,
-        "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
-        # Share of all cores' time used by other processes during the run
-        # (the least disturbed of the attempts is kept).
-        "foreign_cpu_share": share,
+        # foreign_cpu_share: of all cores' time, what other processes used
+        # during the run (the least disturbed of the attempts is kept).
+        **provenance(argv, date=started, load_before=load_before, foreign_cpu_share=share),
+        "attempts": attempt,
         "targets": checks,
         "result": data,
     }
-    json_path = out_dir / f"{prefix}_{name}.json"
+    stem = file_name or f"{prefix}_{name}"
+    json_path = out_dir / f"{stem}.json"
     write_json(json_path, record)
-    plot_bench(result, out_dir / f"{prefix}_{name}.png")
+    plot_bench(result, out_dir / f"{stem}.png")
     print(result.table(), flush=True)
-    for key, check in checks.items():
-        measured = "-" if check["measured"] is None else f"{check['measured']:.2f}"
-        print(f"  target {key} >= {check['target']}: {measured} "
-              f"({'met' if check['met'] else 'NOT met'})", flush=True)
+    report_targets(checks, summary=False)
     print(f"  wrote {json_path}", flush=True)
     return record

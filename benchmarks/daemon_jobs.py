@@ -13,7 +13,13 @@ batch 32) and the small transformer LM (batch 8). Arms, each run
            and the process pinned to its own cores (T = cores / 2)
   daemon   ``autotune daemon`` runs; the jobs register and take its shares
 
-Writes ``benchmarks/results/daemon_jobs.json`` and ``.png`` with --out::
+Targets: the daemon finishes both jobs at least 3x faster than "alone"
+(speedup_vs_alone), and takes at most 1.05x the static split's time
+(daemon_vs_static); --target NAME=VALUE changes one. The exit code is 1
+when one is missed.
+
+Writes ``<out>/<name>.json`` and ``.png`` (default runs/benchmarks/daemon_jobs);
+the committed ones::
 
     python benchmarks/daemon_jobs.py --rounds 2 --out benchmarks/results
 """
@@ -23,20 +29,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_OUT, loadavg, wait_for_quiet, write_json  # noqa: E402
+from common import (DEFAULT_OUT, add_target_option, check, parse_targets,  # noqa: E402
+                    provenance, report_targets, utc_now, wait_for_quiet, write_json)
 
 ARMS = ("alone", "static", "daemon")
+#: The daemon at least this much faster than "alone", at most this times the static split.
+TARGETS = {"speedup_vs_alone": 3.0, "daemon_vs_static": 1.05}
 JOBS = {
     # name: (epochs, batches per epoch)
     "cnn": (6, 5),
@@ -143,7 +150,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of the three arms, interleaved (default 2)")
@@ -165,7 +172,12 @@ def main() -> int:
                              "lengths show a share moving to the job that is left")
     parser.add_argument("--name", default="daemon_jobs",
                         help="result file name without extension (default daemon_jobs)")
-    args = parser.parse_args()
+    add_target_option(parser, {
+        "speedup_vs_alone": "alone's wall time / the daemon's, at least (default "
+                            f"{TARGETS['speedup_vs_alone']:g})",
+        "daemon_vs_static": "the daemon's wall time / the static split's, at most (default "
+                            f"{TARGETS['daemon_vs_static']:g})"})
+    args = parser.parse_args(argv)
     if args.job:
         print(json.dumps(run_job(args.job, args.arm, args.slot, args.cores,
                                  args.job_epochs or JOBS[args.job][0])), flush=True)
@@ -176,12 +188,13 @@ def main() -> int:
         if name not in JOBS or not count.isdigit() or int(count) < 1:
             parser.error(f"--epochs {item!r}: use JOB=N with JOB one of {', '.join(JOBS)}")
         epochs[name] = int(count)
+    wanted = {**TARGETS, **parse_targets(parser, args.target, tuple(TARGETS))}
 
     from autotune.telemetry.daemon import usable_cpus
 
     cores = len(usable_cpus())
-    wait_for_quiet(args.max_load, args.max_wait)
-    load_before = loadavg()
+    load_before = wait_for_quiet(args.max_load, args.max_wait)
+    started = utc_now()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="at-", dir="/tmp") as workdir:
         for round_number in range(1, args.rounds + 1):
@@ -201,28 +214,30 @@ def main() -> int:
                                                           for j in r["jobs"] if j["job"] == name)
                            for name in JOBS}}
     alone, static, daemon = (summary[a]["total_s"] for a in ARMS)
+    checks = {"speedup_vs_alone": check(alone / daemon, wanted["speedup_vs_alone"]),
+              "daemon_vs_static": check(daemon / static, wanted["daemon_vs_static"],
+                                        at_most=True)}
     result = {
+        **provenance(sys.argv if argv is None else [__file__, *argv], date=started,
+                     load_before=load_before),
         "benchmark": "daemon_jobs",
-        "command": "python benchmarks/daemon_jobs.py " + shlex.join(sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cores": cores, "load_before": load_before, "load_after": loadavg(),
+        "cores": cores,
         "jobs": {name: {"epochs": epochs[name], "batches_per_epoch": b}
                  for name, (_, b) in JOBS.items()},
         "runs": runs, "summary": summary,
         "speedup_vs_alone": alone / daemon,
         "daemon_vs_static": daemon / static,
-        "targets": {"speedup_vs_alone >= 3": alone / daemon >= 3,
-                    "daemon within 5% of static (or faster)": daemon <= static * 1.05},
+        "targets": checks,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"{args.name}.json", result)
     plot(result, args.out / f"{args.name}.png")
     print(f"\nmedians: alone {alone:.1f} s, static {static:.1f} s, daemon {daemon:.1f} s -> "
-          f"daemon {alone / daemon:.2f}x faster than alone (target >= 3: "
-          f"{'met' if alone / daemon >= 3 else 'NOT met'}), {daemon / static:.2f}x the static "
-          f"split's time (target <= 1.05: {'met' if daemon <= static * 1.05 else 'NOT met'})")
+          f"daemon {alone / daemon:.2f}x faster than alone, {daemon / static:.2f}x the static "
+          "split's time")
+    code = report_targets(checks)
     print(f"wrote {args.out / (args.name + '.json')} and {args.out / (args.name + '.png')}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

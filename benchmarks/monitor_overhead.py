@@ -4,27 +4,27 @@ Runs this (otherwise sleeping) process for ``--seconds`` without a sampler
 and again with a :class:`autotune.telemetry.Sampler` at ``--interval``
 watching this process, and compares process CPU time (all threads,
 ``time.process_time``). Also times single samples and
-``TrainingMonitor.record_step`` with a timeline file. Writes
-``benchmarks/results/monitor_overhead.json``::
+``TrainingMonitor.record_step`` with a timeline file. Target: under 1% of
+one core (--target percent_of_one_core=X changes it); the exit code is 1
+when it is missed. Writes runs/benchmarks/monitor_overhead.json unless
+--out names another file::
 
-    python benchmarks/monitor_overhead.py              # 20 s each way at 1 Hz
+    python benchmarks/monitor_overhead.py --out benchmarks/results/monitor_overhead.json
     python benchmarks/monitor_overhead.py --seconds 5 --interval 0.1
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_OUT, loadavg, wait_for_quiet, write_json  # noqa: E402
+from common import (DEFAULT_OUT, add_target_option, check, parse_targets,  # noqa: E402
+                    provenance, report_targets, utc_now, wait_for_quiet, write_json)
 
-from autotune import detect  # noqa: E402
 from autotune.telemetry import Sampler, TrainingMonitor  # noqa: E402
 
 #: The issue's goal: under 1% of one core at 1 Hz.
@@ -64,7 +64,7 @@ def record_step_us(count: int) -> float:
     return 1e6 * elapsed / count
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--interval", type=float, default=1.0)
@@ -73,11 +73,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "monitor_overhead.json",
                         help="the result file (default %(default)s; the committed one is "
                              "benchmarks/results/monitor_overhead.json)")
-    args = parser.parse_args()
+    parser.add_argument("--samples", type=int, default=200,
+                        help="single samples timed (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=20_000,
+                        help="record_step calls timed (default %(default)s)")
+    add_target_option(parser, {
+        "percent_of_one_core": "the sampler's CPU use, % of one core, at most "
+                               f"(default {TARGET_PERCENT_OF_CORE:g})"})
+    args = parser.parse_args(argv)
+    if args.samples < 1 or args.steps < 1:
+        parser.error("--samples and --steps must be >= 1")
+    limit = parse_targets(parser, args.target, ("percent_of_one_core",)).get(
+        "percent_of_one_core", TARGET_PERCENT_OF_CORE)
 
     load_before = wait_for_quiet(args.max_load, args.max_wait)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    hardware = detect()
+    started = utc_now()
     Sampler(args.interval).sample_once()  # one-off start-up work outside the measurement
     idle_cpu, idle_wall = cpu_over(args.seconds, None)
     sampler = Sampler(args.interval)  # watches this process and its children
@@ -85,8 +95,8 @@ def main() -> int:
     sampler.close()
     samples_taken = len(sampler.samples())
     overhead = 100 * (with_cpu / with_wall - idle_cpu / idle_wall)
-    sample_ms = per_sample_ms(200)
-    step_us = record_step_us(20_000)
+    sample_ms = per_sample_ms(args.samples)
+    step_us = record_step_us(args.steps)
     result = {
         "interval_s": args.interval, "seconds_each": args.seconds,
         "cpu_s_without_sampler": round(idle_cpu, 4), "cpu_s_with_sampler": round(with_cpu, 4),
@@ -96,18 +106,11 @@ def main() -> int:
         "predicted_percent_of_one_core": round(sample_ms / 10 / args.interval, 3),
         "record_step_us_with_file": round(step_us, 2),
     }
+    checks = {"percent_of_one_core": check(overhead, limit, at_most=True)}
     record = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "started": started,
-        "machine": {"cpu": hardware.cpu.brand, "logical_cores": hardware.cpu.logical_cores,
-                    "usable_cores": hardware.cpu.usable_cores,
-                    "memory_gb": round(hardware.memory.total_gb, 1),
-                    "gpus": [g.name for g in hardware.gpus], "os": hardware.os,
-                    "python": hardware.python_version, "torch": hardware.torch_version,
-                    "fingerprint": hardware.fingerprint, "notes": list(hardware.notes)},
-        "loadavg_before": load_before, "loadavg_after": loadavg(),
-        "target": {"percent_of_one_core_below": TARGET_PERCENT_OF_CORE,
-                   "met": overhead < TARGET_PERCENT_OF_CORE},
+        **provenance(sys.argv if argv is None else [__file__, *argv], date=started,
+                     load_before=load_before),
+        "targets": checks,
         "result": result,
     }
     write_json(args.out, record)
@@ -116,11 +119,10 @@ def main() -> int:
           f"{samples_taken} samples)")
     print(f"one sample: {sample_ms:.2f} ms CPU -> {result['predicted_percent_of_one_core']:.3f}% "
           f"of a core at this interval; record_step with a file: {step_us:.1f} us")
-    print(f"target < {TARGET_PERCENT_OF_CORE}% of one core: "
-          f"{'met' if overhead < TARGET_PERCENT_OF_CORE else 'NOT met'}; "
-          f"load before {load_before}, after {loadavg()}")
+    print(f"load before {record['loadavg_before']}, after {record['loadavg_after']}")
+    code = report_targets(checks)
     print(f"wrote {args.out}")
-    return 0 if overhead < TARGET_PERCENT_OF_CORE else 1
+    return code
 
 
 if __name__ == "__main__":

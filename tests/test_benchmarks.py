@@ -1,37 +1,92 @@
 """The benchmark scripts: ``--help`` answers without measuring anything, no
-script writes over a committed result unless told to (``--out``), and a
-missed target is a non-zero exit code."""
+script writes over a committed result unless told to (``--out``), every
+result file records where and how it was measured (common.provenance), and
+a missed target is exit code 1, naming the target and the figure.
+
+Nothing here depends on timing or load: where a script measures for real,
+the target it is given cannot be met (or cannot be missed), and where a
+real run would take minutes the measurement itself is replaced."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p for p in (REPO / "benchmarks").glob("*.py") if p.name != "common.py")
+BENCHMARKS = REPO / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
+QUIET = ["--max-load", "99", "--max-wait", "0"]  # measure at once, whatever the load
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
-def test_help_answers_and_the_default_output_is_not_a_committed_result(script: Path) -> None:
-    run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
-                         text=True, timeout=120)
+def script(name: str) -> ModuleType:
+    """A benchmark script as a module (its ``main(argv)`` runs in-process)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def assert_provenance(record: dict, script_name: str) -> None:
+    """What every result file records at its top level."""
+    common = script("common")
+    for key in common.PROVENANCE_KEYS:
+        assert key in record, key
+    assert record["command"].startswith(f"python benchmarks/{script_name}")
+    assert datetime.fromisoformat(record["date"]).utcoffset().total_seconds() == 0
+    machine = record["machine"]
+    for key in ("cpu", "cpu_flags", "usable_cores", "gpus", "cuda", "torch", "python", "os"):
+        assert key in machine, key
+    assert machine["cpu"] and machine["torch"]
+    assert isinstance(machine["cpu_flags"], list) and isinstance(machine["gpus"], list)
+    for gpu in machine["gpus"]:
+        assert {"name", "driver"} <= set(gpu)
+    for key in ("loadavg_before", "loadavg_after"):
+        assert record[key] is None or len(record[key]) == 3
+
+
+def assert_missed(output: str, target: str) -> None:
+    assert re.search(rf"target {re.escape(target)} \S+ \S+: \S+ \(NOT met\)", output), output
+    assert "targets missed" in output and target in output.split("targets missed")[-1]
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=[p.name for p in SCRIPTS])
+def test_help_answers_and_the_default_output_is_not_a_committed_result(path: Path) -> None:
+    run = run_script(path.name, "--help", timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "--out" in run.stdout
-    default = re.search(r"\(default ([^;)]+)", " ".join(run.stdout.split()))
-    assert default, run.stdout
+    text = " ".join(run.stdout.split("options:")[-1].split())
+    out_help = re.search(r"--out \S+ (.*?)(?= --[a-z]|$)", text)
+    assert out_help, run.stdout
+    default = re.search(r"\(default ([^;)]+)", out_help.group(1))
+    assert default, out_help.group(1)
     assert "benchmarks/results" not in default.group(1).replace("\\", "/")
 
 
-def test_a_missed_target_exits_non_zero(monkeypatch, tmp_path) -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import run_cpu
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+def test_every_script_with_a_target_takes_target_option() -> None:
+    for path in SCRIPTS:
+        if path.name in ("bf16_probe.py", "run_gpu.py"):
+            continue  # the probe has no target; run_gpu is checked through run_one
+        assert "--target" in path.read_text(), path.name
+
+
+# -- run_cpu (and run_one, which run_gpu shares) ------------------------------------------
+
+
+def test_run_cpu_exit_code_follows_the_targets(monkeypatch, tmp_path) -> None:
+    run_cpu = script("run_cpu")
 
     def fake_run_one(workload, name, prefix, **kwargs):  # a result, as run_one writes it
         assert kwargs["out_dir"] == tmp_path
@@ -41,3 +96,186 @@ def test_a_missed_target_exits_non_zero(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(run_cpu, "run_one", fake_run_one)
     assert run_cpu.main(["--workload", "transformer", "--no-grid", "--out", str(tmp_path)]) == 0
     assert run_cpu.main(["--workload", "mlp", "--no-grid", "--out", str(tmp_path)]) == 1
+
+
+def test_run_cpu_target_option(monkeypatch, tmp_path) -> None:
+    run_cpu = script("run_cpu")
+    seen = {}
+    monkeypatch.setattr(run_cpu, "run_one", lambda *a, **kw: seen.update(kw) or {"targets": {}})
+    run_cpu.main(["--workload", "mlp", "--no-grid", "--target", "tuned_vs_defaults=5",
+                  "--name", "mine", "--out", str(tmp_path)])
+    assert seen["targets"] == {"tuned_vs_defaults": 5.0} and seen["file_name"] == "mine"
+    assert seen["argv"][1:] == ["--workload", "mlp", "--no-grid", "--target",
+                                "tuned_vs_defaults=5", "--name", "mine", "--out", str(tmp_path)]
+    for bad in (["--target", "nope=1"], ["--target", "tuned_vs_defaults=x"],
+                ["--target", "tuned_vs_grid_best=1", "--no-grid"],
+                ["--workload", "cnn", "--workload", "mlp", "--name", "x"]):
+        with pytest.raises(SystemExit):
+            run_cpu.main(["--out", str(tmp_path), *bad])
+
+
+@pytest.mark.slow
+def test_run_cpu_tiny_real_run_records_provenance_and_a_missed_target_exits_1(tmp_path) -> None:
+    run = run_script("run_cpu.py", "--workload", "mlp", "--no-grid", "--budget", "3",
+                     "--rounds", "1", "--chunk-s", "0.05", *QUIET, "--attempts", "1",
+                     "--max-foreign", "1", "--out", str(tmp_path), "--name", "tiny",
+                     "--target", "tuned_vs_defaults=1e9")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert_missed(run.stdout, "tuned_vs_defaults")
+    record = json.loads((tmp_path / "tiny.json").read_text())
+    assert_provenance(record, "run_cpu.py")
+    assert record["foreign_cpu_share"] is not None
+    assert record["targets"]["tuned_vs_defaults"]["met"] is False
+    assert (tmp_path / "tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- monitor_overhead ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, code", [("-1e9", 1), ("1e9", 0)])
+def test_monitor_overhead_tiny_real_run(tmp_path, target, code) -> None:
+    out = tmp_path / "overhead.json"
+    run = run_script("monitor_overhead.py", "--seconds", "0.2", "--samples", "3", "--steps",
+                     "50", *QUIET, "--out", str(out), "--target", f"percent_of_one_core={target}")
+    assert run.returncode == code, run.stdout + run.stderr
+    record = json.loads(out.read_text())
+    assert_provenance(record, "monitor_overhead.py")
+    assert record["targets"]["percent_of_one_core"]["met"] is (code == 0)
+    if code:
+        assert_missed(run.stdout, "percent_of_one_core")
+
+
+# -- bf16_probe: no target; its bf16 matmul takes a minute where bf16 has no kernels -------
+
+
+def test_bf16_probe_records_provenance(monkeypatch, tmp_path) -> None:
+    bf16_probe = script("bf16_probe")
+    monkeypatch.setattr(bf16_probe, "median_ms", lambda fn, repeats: 1.5)
+    out = tmp_path / "probe.json"
+    assert bf16_probe.main(["--out", str(out), *QUIET, "--repeats", "1"]) == 0
+    record = json.loads(out.read_text())
+    assert_provenance(record, "bf16_probe.py")
+    assert record["repeats"] == 1 and set(record["median_ms"].values()) == {1.5}
+
+
+# -- budget_buys: the children (fresh processes, real searches) are replaced ---------------
+
+
+def fake_budget_children(rates: dict[str, float], wall_s: float):
+    def run_child(args, env):
+        if args[0] == "--child-search":
+            _, _, budget, out = args
+            Path(out).write_text(json.dumps({
+                "budget_s": float(budget), "apply_wall_s": wall_s, "winner_settings": {},
+                "winner_label": "PyTorch defaults", "report": {}}))
+        else:
+            out = args[-1]
+            Path(out).write_text(json.dumps([
+                {"name": name, "label": "PyTorch defaults", "samples_per_s": rate,
+                 "step_ms": 1.0, "rounds": [rate]} for name, rate in rates.items()]))
+    return run_child
+
+
+@pytest.mark.parametrize("extra, code", [([], 0), (["--target", "short_vs_long=1e9"], 1)])
+def test_budget_buys_records_provenance_and_exit_code(monkeypatch, tmp_path, capsys,
+                                                      extra, code) -> None:
+    budget_buys = script("budget_buys")
+    monkeypatch.setattr(budget_buys, "run_child", fake_budget_children(
+        {"defaults": 10.0, "5 s pick": 10.0, "9 s pick": 10.0}, wall_s=1.0))
+    out = tmp_path / "budget.json"
+    argv = ["--workload", "mlp", "--budget", "5", "--budget", "9", *QUIET, "--out", str(out)]
+    assert budget_buys.main([*argv, *extra]) == code
+    record = json.loads(out.read_text())
+    assert_provenance(record, "budget_buys.py")
+    assert record["foreign_cpu_share"] is not None
+    assert set(record["targets"]) == {"short_vs_long", "apply_within_5s", "apply_within_9s"}
+    if code:
+        assert_missed(capsys.readouterr().out, "short_vs_long")
+
+
+def test_budget_buys_an_apply_over_its_budget_exits_1(monkeypatch, tmp_path, capsys) -> None:
+    budget_buys = script("budget_buys")
+    monkeypatch.setattr(budget_buys, "run_child", fake_budget_children(
+        {"defaults": 10.0, "5 s pick": 10.0}, wall_s=1e9))
+    out = tmp_path / "budget.json"
+    assert budget_buys.main(["--budget", "5", *QUIET, "--out", str(out)]) == 1
+    assert_missed(capsys.readouterr().out, "apply_within_5s")
+
+
+# -- cv_folds: each measurement (a fresh process running cross_validate) is replaced ------
+
+
+def fake_fold_runs(seconds: dict[str, float]):
+    def measure(mode, workload, k, workers):
+        return {"wall_time_s": seconds[mode], "backend": "loky", "concurrency": 2,
+                "threads_per_fold": 1, "reason": "fake", "ok": True}
+    return measure
+
+
+@pytest.mark.parametrize("extra, code", [([], 0),
+                                         (["--target", "plugin_time_vs_sequential=1e-9"], 1)])
+def test_cv_folds_records_provenance_and_exit_code(monkeypatch, tmp_path, capsys,
+                                                   extra, code) -> None:
+    cv_folds = script("cv_folds")
+    monkeypatch.setattr(cv_folds, "measure", fake_fold_runs(
+        {"sequential": 4.0, "loky": 3.0, "threading": 3.5, "plugin": 3.0}))
+    monkeypatch.setattr(cv_folds, "wait_until_idle", lambda *a, **kw: 0.0)
+    out = tmp_path / "cv.json"
+    assert cv_folds.main(["--workloads", "tiny", "--rounds", "1", *QUIET, "--out", str(out),
+                          *extra]) == code
+    record = json.loads(out.read_text())
+    assert_provenance(record, "cv_folds.py")
+    check = record["targets"]["tiny: plugin_time_vs_sequential"]
+    assert check["measured"] == pytest.approx(0.75) and check["met"] is (code == 0)
+    if code:
+        assert_missed(capsys.readouterr().out, "tiny: plugin_time_vs_sequential")
+
+
+def test_cv_folds_a_plugin_slower_than_sequential_exits_1(monkeypatch, tmp_path) -> None:
+    cv_folds = script("cv_folds")
+    monkeypatch.setattr(cv_folds, "measure", fake_fold_runs(
+        {"sequential": 4.0, "loky": 3.0, "threading": 3.5, "plugin": 8.0}))
+    monkeypatch.setattr(cv_folds, "wait_until_idle", lambda *a, **kw: 0.0)
+    assert cv_folds.main(["--workloads", "tiny", "--rounds", "1", *QUIET,
+                          "--out", str(tmp_path / "cv.json")]) == 1
+
+
+# -- daemon_jobs: the arms (training processes, a daemon) are replaced ----------------------
+
+
+def fake_arms(seconds: dict[str, float]):
+    def run_arm(arm, cores, workdir, epochs):
+        return {"arm": arm, "total_s": seconds[arm], "jobs": [
+            {"job": name, "arm": arm, "time_s": seconds[arm] * 0.9, "threads_per_epoch": [1],
+             "plan_threads": 1, "plan_threads_source": "fake"} for name in epochs]}
+    return run_arm
+
+
+@pytest.mark.parametrize("times, extra, code", [
+    ({"alone": 90.0, "static": 30.0, "daemon": 29.0}, [], 0),
+    ({"alone": 90.0, "static": 30.0, "daemon": 29.0}, ["--target", "speedup_vs_alone=1e9"], 1),
+    ({"alone": 60.0, "static": 30.0, "daemon": 29.0}, [], 1),   # 2.07x < 3x
+    ({"alone": 900.0, "static": 30.0, "daemon": 40.0}, [], 1),  # 1.33x the static split
+])
+def test_daemon_jobs_records_provenance_and_exit_code(monkeypatch, tmp_path, capsys,
+                                                      times, extra, code) -> None:
+    daemon_jobs = script("daemon_jobs")
+    monkeypatch.setattr(daemon_jobs, "run_arm", fake_arms(times))
+    assert daemon_jobs.main(["--rounds", "1", *QUIET, "--out", str(tmp_path), "--name", "two",
+                             *extra]) == code
+    record = json.loads((tmp_path / "two.json").read_text())
+    assert_provenance(record, "daemon_jobs.py")
+    assert (tmp_path / "two.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(record["targets"]) == {"speedup_vs_alone", "daemon_vs_static"}
+    assert all(c["met"] for c in record["targets"].values()) is (code == 0)
+    if code:
+        assert "targets missed" in capsys.readouterr().out
+
+
+# -- the README names a command for every committed result --------------------------------
+
+
+def test_the_readme_gives_a_command_writing_each_committed_result() -> None:
+    readme = (BENCHMARKS / "README.md").read_text()
+    for path in sorted((BENCHMARKS / "results").iterdir()):
+        assert f"results/{path.name}" in readme or f"results/{path.stem}" in readme, path.name
