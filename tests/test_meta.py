@@ -18,6 +18,7 @@ from autotune.profile import schema_path
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+DOCS = REPO / "docs"
 TEST_SOURCES = {p.name: p.read_text() for p in (REPO / "tests").glob("test_*.py")
                 if p.name != Path(__file__).name}
 
@@ -34,8 +35,12 @@ def test_hook_names_come_from_the_hookspec_module():
 
 
 @pytest.mark.parametrize("hook", sorted(HOOK_NAMES))
-def test_every_hook_is_documented_in_the_readme(hook):
-    assert f"`{hook}`" in README or f"`{hook}(" in README, f"README does not document {hook}"
+def test_every_hook_is_documented_in_the_hook_table(hook):
+    """docs/plugins.md's hook table has a row for every hook."""
+    section = _doc_section((DOCS / "plugins.md").read_text(), "Hooks")
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert any(f"`{hook}`" in row or f"`{hook}(" in row for row in rows), \
+        f"docs/plugins.md's hook table has no row for {hook}"
 
 
 @pytest.mark.parametrize("hook", sorted(HOOK_NAMES))
@@ -96,11 +101,78 @@ def test_every_subpackage_ships_in_the_wheel():
     assert {"autotune.plugins", "autotune.profiles"} <= packages
 
 
-def test_readme_keeps_the_sections_the_lead_fills():
+def _doc_section(text: str, title: str) -> str:
+    """From the heading ``title`` (any level) to the next heading of the same
+    or a higher level."""
+    match = re.search(rf"^(#+) {re.escape(title)}\n", text, re.M)
+    assert match, f"no section {title!r}"
+    end = re.compile(rf"^#{{1,{len(match.group(1))}}} ", re.M).search(text, match.end())
+    return text[match.start():end.start() if end else len(text)]
+
+
+def _first_column(section: str) -> list[str]:
+    """The first cell of each row of the section's table, backticks removed."""
+    rows = re.findall(r"^\| `([^`|]+)` \|", section, flags=re.M)
+    return [row.strip() for row in rows]
+
+
+def test_readme_keeps_its_sections():
     headings = set(re.findall(r"^#+ (.+?)\s*$", README, flags=re.MULTILINE))
-    for title in ("Training engine and autotune.apply", "Measured tuning", "Cross-validation",
-                  "Monitor and daemon"):
+    for title in ("Install", "Tune and train", "What autotune guarantees", "Built-in plugins",
+                  "Use it with your code", "Your own loop",
+                  "Lightning, Hugging Face Trainer, Accelerate", "Command line", "Results",
+                  "Extending autotune", "How it works", "Development"):
         assert title in headings, title
+
+
+def test_readme_stays_short():
+    """The README is read in five minutes; the reference lives in docs/."""
+    assert len(README.splitlines()) <= 300
+
+
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the file's headings (lowercase, punctuation
+    dropped, spaces to hyphens), fenced code left out."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+            for title in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def test_readme_and_docs_links_resolve():
+    for path in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", path.read_text()):
+            if "://" in target:
+                continue
+            linked = (path.parent / target) if target else path
+            assert linked.exists(), f"{path.name}: broken link {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked), f"{path.name}: no #{anchor} in {target}"
+
+
+def _builtin_entry_points() -> list[str]:
+    """The plugins this distribution registers in the entry-point group
+    ``autotune``: the built-ins."""
+    from importlib.metadata import entry_points
+
+    return sorted(ep.name for ep in entry_points(group="autotune")
+                  if ep.dist is not None and ep.dist.name == "torch-autotune")
+
+
+def test_readme_plugin_table_lists_exactly_the_builtins():
+    listed = _first_column(_doc_section(README, "Built-in plugins"))
+    assert sorted(listed) == sorted(_pyproject()["project"]["entry-points"]["autotune"])
+    installed = _builtin_entry_points()
+    if installed:  # the package metadata is there (an installed or editable checkout)
+        assert sorted(listed) == installed
+    assert len(listed) == len(set(listed)), listed
+
+
+def test_docs_plugin_table_lists_the_builtins_in_registration_order():
+    """docs/plugins.md's table, in BUILTIN_PLUGINS order (docs/engine.md says
+    step hooks run in this order)."""
+    listed = _first_column(_doc_section((DOCS / "plugins.md").read_text(), "Built-in plugins"))
+    assert tuple(listed) == BUILTIN_PLUGINS
+    assert sorted(listed) == sorted(_pyproject()["project"]["entry-points"]["autotune"])
 
 
 def test_readme_quick_start_is_what_ci_runs():
@@ -110,12 +182,62 @@ def test_readme_quick_start_is_what_ci_runs():
     assert "set -euo pipefail" in ci and "python -m pytest" in ci
 
 
-def test_readme_documents_every_cli_command_and_json_key():
-    for command in ("autotune detect", "autotune profiles", "autotune plugins", "autotune plan"):
-        assert command in README, command
+def _cli_commands() -> set[str]:
+    """Every command the parser knows, by its full name (``profiles show``),
+    plus ``daemon status``, an action of ``daemon``."""
+    import argparse
+
+    from autotune.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
+        names = set()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    names |= {f"{prefix}{name}"} | walk(sub, f"{prefix}{name} ")
+        return names
+
+    return walk(build_parser()) | {"daemon status"}
+
+
+def _command_rows(section: str) -> list[str]:
+    """The command each table row names: ``| `autotune profiles show NAME` |``
+    is ``profiles show`` (the lowercase words after ``autotune``)."""
+    cells = re.findall(r"^\| `autotune ([^`]*)` \|", section, flags=re.M)
+    return [" ".join(re.match(r"((?:[a-z][a-z_]*(?: |$))*)", cell).group(1).split())
+            for cell in cells]
+
+
+def test_readme_and_docs_list_every_cli_command():
+    commands = _cli_commands()
+    assert {"detect", "profiles", "profiles show", "plugins", "plan", "bench", "monitor",
+            "daemon", "daemon status", "report", "cv"} <= commands
+    cli_doc = (DOCS / "cli.md").read_text()
+    for where, section in (("README", _doc_section(README, "Command line")),
+                           ("docs/cli.md", cli_doc)):
+        rows = _command_rows(section)
+        assert sorted(rows) == sorted(commands), f"{where}: one table row per command"
+    for command in sorted(commands):
+        assert f"## `autotune {command.split()[0]}`" in cli_doc, f"docs/cli.md: no section {command}"
+
+
+def test_cli_doc_documents_every_json_key():
+    cli_doc = (DOCS / "cli.md").read_text()
     for key in ('"hardware"', '"profile"', '"profiles"', '"fingerprint"', '"disabled"',
                 '"hardware_fingerprint"', '"status"'):
-        assert key in README, key
+        assert key in cli_doc, key
+
+
+def test_every_environment_variable_is_documented():
+    """Each AUTOTUNE_* variable the library or a plugin reads has a row in
+    docs/cli.md's table."""
+    used = set()
+    for root in (REPO / "autotune", REPO / "plugins"):
+        for path in root.rglob("*.py"):
+            used |= set(re.findall(r"AUTOTUNE_[A-Z_]+[A-Z]", path.read_text()))
+    table = _doc_section((DOCS / "cli.md").read_text(), "Environment variables")
+    documented = set(re.findall(r"^\| `(AUTOTUNE_[A-Z_]+)", table, flags=re.M))
+    assert used <= documented, f"undocumented in docs/cli.md: {sorted(used - documented)}"
 
 
 def _imported_top_level_modules(root: Path) -> dict[str, str]:

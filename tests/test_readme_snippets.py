@@ -1,5 +1,7 @@
-"""The README's "Use it with your code" snippets run as written (the
-framework ones are run by tests/test_bridges_*.py where those are installed)."""
+"""The README's python snippets run as written: "Tune and train" and "Your
+own loop" here, the framework ones in tests/test_bridges_*.py (where those
+frameworks are installed). A python block added to the README must be run
+by one of them."""
 
 from __future__ import annotations
 
@@ -8,23 +10,48 @@ from pathlib import Path
 
 import pytest
 
+from bridge_helpers import readme_snippet
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+#: Headings whose one python block this module runs.
+RUN_HERE = ("Tune and train", "Your own loop")
+#: ``autotune.bridges.<module>`` whose README block tests/test_bridges_<module>.py runs.
+BRIDGES = ("lightning", "huggingface", "accelerate")
 
 
 def _section(title: str) -> str:
-    start = README.index(f"### {title}\n")
-    end = README.index("\n### ", start + 1)
-    return README[start:end]
+    """From the heading ``title`` (any level) to the next heading of the same
+    or a higher level."""
+    match = re.search(rf"^(#+) {re.escape(title)}\n", README, re.M)
+    assert match, f"README lost its section {title!r}"
+    level = len(match.group(1))
+    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(README, match.end())
+    return README[match.start():end.start() if end else len(README)]
 
 
-@pytest.mark.parametrize("title", ["The engine", "Your own loop"])
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("title", RUN_HERE)
 def test_the_snippet_runs(title: str, capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
-    blocks = re.findall(r"```python\n(.*?)```", _section(title), re.S)
+    blocks = _python_blocks(_section(title))
     assert len(blocks) == 1
     exec(compile(blocks[0], f"README: {title}", "exec"), {})
     out = capsys.readouterr().out
     if title == "Your own loop":
         assert out.strip() == "4 optimizer steps"
     else:
-        assert "epoch 2" in out
+        # The tuning table (its header, the baseline row, the winner), then
+        # the last epoch's summary.
+        assert "ROLE" in out and "baseline" in out and "winner:" in out, out
+        assert "epoch 2" in out, out
+
+
+def test_every_readme_python_block_is_run_by_a_test() -> None:
+    run = [_python_blocks(_section(title))[0] for title in RUN_HERE]
+    run += [readme_snippet(module) for module in BRIDGES]
+    missing = [block for block in _python_blocks(README) if block not in run]
+    assert not missing, f"README python blocks no test runs: {missing}"
