@@ -1,35 +1,71 @@
 """autotune: detect the machine, match a profile, let plugins propose
 settings, measure what matters, apply the winner to one training engine."""
 
-from autotune.context import Context, Workload
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# ``detect`` is bound here, not on first use: importing the submodule
+# autotune.detect (the planner does) would otherwise leave the package
+# attribute ``detect`` pointing at the module instead of the function.
 from autotune.detect import detect
-from autotune.errors import AutotuneError, PlanError, PluginError, ProfileError
-from autotune.hardware import CPU, GPU, Hardware, Memory
-from autotune.hookspecs import hookimpl
-from autotune.manager import PluginManager
-from autotune.plan import Plan, Setting, Source
-from autotune.planner import make_plan
-from autotune.profile import Profile, load_profiles, recommend
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CPU", "GPU", "AutotuneError", "Context", "Hardware", "Memory", "Plan", "PlanError",
-    "PluginError", "PluginManager", "Profile", "ProfileError", "Setting", "Source",
-    "Workload", "detect", "hookimpl", "load_profiles", "make_plan", "recommend",
-]
+# Everything else loads on first use (PEP 562), so ``import autotune`` and
+# with it ``autotune --version``/``--help`` pay for no plugin manager, YAML
+# or profile schema, and never for torch (training: apply, Engine, ...).
+_LAZY = {
+    "AutotuneError": "autotune.errors", "PlanError": "autotune.errors",
+    "PluginError": "autotune.errors", "ProfileError": "autotune.errors",
+    "TrainingError": "autotune.errors",
+    "CPU": "autotune.hardware", "GPU": "autotune.hardware", "Hardware": "autotune.hardware",
+    "Memory": "autotune.hardware",
+    "Context": "autotune.context", "Workload": "autotune.context",
+    "hookimpl": "autotune.hookspecs",
+    "PluginManager": "autotune.manager",
+    "Plan": "autotune.plan", "Setting": "autotune.plan", "Source": "autotune.plan",
+    "make_plan": "autotune.planner",
+    "Profile": "autotune.profile", "load_profiles": "autotune.profile",
+    "recommend": "autotune.profile",
+    "apply": "autotune.api", "Tuned": "autotune.api",
+    "Engine": "autotune.engine",
+    "History": "autotune.history",
+    "cross_validate": "autotune.cv", "CVResult": "autotune.cv",
+}
 
-# Training needs torch, which `import autotune` (and so the CLI's detect and
-# plan commands) does not: these load on first use.
-_LAZY = {"apply": "autotune.api", "Tuned": "autotune.api", "Engine": "autotune.engine",
-         "History": "autotune.history", "TrainingError": "autotune.errors",
-         "cross_validate": "autotune.cv", "CVResult": "autotune.cv"}
-__all__ += sorted(_LAZY)
+__all__ = sorted(["detect", *_LAZY])
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
+    from autotune.api import Tuned, apply
+    from autotune.context import Context, Workload
+    from autotune.cv import CVResult, cross_validate
+    from autotune.engine import Engine
+    from autotune.errors import AutotuneError, PlanError, PluginError, ProfileError, TrainingError
+    from autotune.hardware import CPU, GPU, Hardware, Memory
+    from autotune.history import History
+    from autotune.hookspecs import hookimpl
+    from autotune.manager import PluginManager
+    from autotune.plan import Plan, Setting, Source
+    from autotune.planner import make_plan
+    from autotune.profile import Profile, load_profiles, recommend
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once: later lookups skip __getattr__
+        return value
+    # ``import autotune; autotune.planner.make_plan(...)`` worked while this
+    # file imported its submodules eagerly; it still does.
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'autotune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -15,7 +15,9 @@ read ``/proc/cpuinfo`` directly and use py-cpuinfo only as a fallback.
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib.util
 import logging
 import os
 import platform
@@ -179,6 +181,9 @@ def _gpus_from_nvml(notes: list[str]) -> tuple[GPU, ...] | None:
 
 
 def _gpus_from_torch(notes: list[str]) -> tuple[GPU, ...]:
+    if _cpu_only_torch_version() is not None:
+        notes.append("no GPU: this torch is a CPU-only build")
+        return ()
     try:
         import torch
 
@@ -233,8 +238,39 @@ def _detect_gpus(notes: list[str]) -> tuple[GPU, ...]:
     return visible_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), notes)
 
 
+def _cpu_only_torch_version() -> str | None:
+    """The installed torch's version when it is a CPU-only build (no CUDA,
+    no ROCm), read from ``torch/version.py`` without importing torch, which
+    takes seconds; None when torch is already imported, is a GPU build, or
+    that file is missing or not plain assignments (then ask torch itself).
+    ``autotune detect``/``profiles`` on a CPU machine need only this."""
+    if "torch" in sys.modules:
+        return None
+    try:
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+        values: dict[str, object] = {}
+        for node in ast.parse(path.read_text()).body:
+            target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                      else node.target if isinstance(node, ast.AnnAssign) else None)
+            if isinstance(target, ast.Name) and node.value is not None:
+                values[target.id] = ast.literal_eval(node.value)
+    except Exception:  # noqa: BLE001 - any doubt: import torch and ask it
+        return None
+    version = values.get("__version__")
+    if not isinstance(version, str) or values.get("cuda", "") is not None \
+            or values.get("hip", None) is not None:
+        return None
+    return version
+
+
 def _torch_versions(notes: list[str]) -> tuple[str, str, bool]:
     """(torch version, CUDA build version, torch can use a GPU)."""
+    cpu_only = _cpu_only_torch_version()
+    if cpu_only is not None:
+        return cpu_only, "", False
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - a broken torch install must not break detect

@@ -9,19 +9,20 @@ into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from autotune.cli.output import key_values, print_json, table, warnings_as_lines, wrapped_table
-from autotune.detect import detect
 from autotune.errors import PlanError
-from autotune.hardware import GIB, Hardware
-from autotune.manager import PluginManager
-from autotune.plan import Source
-from autotune.planner import Planned, make_plan
-from autotune.profile import (MatchResult, Profile, Recommendation, explain, get_profile,
-                              load_profiles, recommend)
+
+if TYPE_CHECKING:
+    from autotune.hardware import Hardware
+    from autotune.manager import PluginManager
+    from autotune.planner import Planned
+    from autotune.profile import MatchResult, Profile, Recommendation
+
+# The library (plugin manager, profiles, YAML, detection) is imported where a
+# command runs, not here: `autotune --help` builds every parser from this
+# module and should not pay for them.
 
 #: Bumped only when a key is removed or changes meaning; new keys may appear.
 JSON_VERSION = 1
@@ -58,11 +59,16 @@ def _disabled(args: argparse.Namespace) -> list[str]:
 
 
 def _manager(args: argparse.Namespace) -> PluginManager:
+    from autotune.manager import PluginManager
+
     return PluginManager(disable=_disabled(args), strict=getattr(args, "strict", False),
                          disabled_by="--disable")
 
 
 def _recommend(args: argparse.Namespace) -> tuple[Hardware, dict[str, Profile], Recommendation]:
+    from autotune.detect import detect
+    from autotune.profile import load_profiles, recommend
+
     manager = _manager(args)
     manager.load()
     hardware = manager.detect(detect())
@@ -73,6 +79,8 @@ def _recommend(args: argparse.Namespace) -> tuple[Hardware, dict[str, Profile], 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["dataloader.num_workers=4"]`` -> ``{"dataloader": {"num_workers": 4}}``;
     values are read as YAML (``4``, ``true``, ``null``, ``[1, 2]``)."""
+    import yaml
+
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         target, sep, raw = item.partition("=")
@@ -123,6 +131,8 @@ def detect_json(hardware: Hardware, rec: Recommendation) -> dict[str, Any]:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from autotune.hardware import GIB
+
     hardware, _, rec = _recommend(args)
     if args.json:
         print_json(detect_json(hardware, rec))
@@ -185,6 +195,10 @@ def _profile_dict(profile: Profile) -> dict[str, Any]:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
+    import yaml
+
+    from autotune.profile import explain, get_profile
+
     hardware, profiles, rec = _recommend(args)
     if getattr(args, "profiles_command", None) == "show":
         profile = get_profile(args.name, profiles)
@@ -229,6 +243,8 @@ def _first_sentence(text: str, limit: int = 70) -> str:
 
 
 def _planned(args: argparse.Namespace) -> Planned:
+    from autotune.planner import make_plan
+
     overrides = parse_overrides(getattr(args, "set", []) or [])
     return make_plan(profile=getattr(args, "profile", None), overrides=overrides or None,
                      profile_dirs=args.profile_dir, manager=_manager(args), overrides_by="--set")
@@ -273,11 +289,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def _show(value: Any) -> str:
     """A value as it would be written in YAML (``null``, ``true``, ``[1, 2]``)."""
+    import yaml
+
     text = yaml.safe_dump(value, default_flow_style=True).strip()
     return text.removesuffix("...").strip()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from autotune.plan import Source
+
     planned = _planned(args)
     plan = planned.plan
     if args.json:
