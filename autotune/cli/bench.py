@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autotune.cli.arguments import at_least, output_file, seconds
 from autotune.cli.output import print_json, warnings_as_lines
-from autotune.errors import AutotuneError
 
 #: The names of :data:`autotune.workloads.WORKLOADS`, written out so that
 #: building this parser (``autotune --help``) does not import torch; a test
@@ -21,17 +21,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "exhaustive grid), re-measured back to back.")
     parser.add_argument("--workload", choices=WORKLOAD_NAMES, default="cnn",
                         help="cnn: CIFAR ResNet-18; transformer: 4-layer encoder LM; mlp")
-    parser.add_argument("--budget", type=float, default=300.0, metavar="S",
+    parser.add_argument("--budget", type=seconds, default=300.0, metavar="S",
                         help="seconds the tuner's search may take (default 300)")
     parser.add_argument("--grid", action="store_true",
                         help="also measure every combination of the candidates (slow)")
-    parser.add_argument("--rounds", type=int, default=2, metavar="N",
+    parser.add_argument("--rounds", type=at_least(0), default=2, metavar="N",
                         help="confirmation rounds of defaults/tuned/grid best (default 2)")
-    parser.add_argument("--chunk-s", type=float, default=1.0, metavar="S",
+    parser.add_argument("--chunk-s", type=seconds, default=1.0, metavar="S",
                         help="target seconds per timed chunk of a trial (default 1.0)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if any)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--plot", metavar="PNG", help="write a bar chart of the trials")
+    parser.add_argument("--plot", type=output_file, metavar="PNG",
+                        help="write a bar chart of the trials")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -39,11 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from autotune.tuner.bench import plot_bench, run_bench
     from autotune.tuner.trial import TrialOptions
-
-    if args.budget <= 0:
-        raise AutotuneError(f"--budget must be > 0 seconds, got {args.budget:g}")
-    if args.rounds < 0 or args.chunk_s <= 0:
-        raise AutotuneError("--rounds must be >= 0 and --chunk-s > 0")
     with warnings_as_lines():
         result = run_bench(args.workload, budget_s=args.budget, grid=args.grid,
                            rounds=args.rounds, device=args.device,

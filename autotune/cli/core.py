@@ -33,12 +33,16 @@ _GPU_WORDS = ("gpu", "nvml", "cuda")
 
 
 def _add_common(parser: argparse.ArgumentParser, *, plugins: bool = True,
-                profile: bool = False, nested: bool = False) -> None:
+                profile: bool = False, nested: bool = False) -> argparse._MutuallyExclusiveGroup:
+    """The options every command here takes; returns the group of output
+    formats (``--json``), where a command adds its others (``plan --yaml``)
+    so that asking for two is refused."""
     # A nested subparser copies its defaults over the parent's values, so
     # there the options get no default ("profiles --json show X" keeps --json).
     nodefault: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
-    parser.add_argument("--json", action="store_true", help="machine-readable output (see README)",
-                        **nodefault)
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="machine-readable output (see README)",
+                         **nodefault)
     parser.add_argument("--profile-dir", action="append", metavar="DIR",
                         **(nodefault or {"default": []}),
                         help="extra profile directory; its profiles override built-ins "
@@ -52,6 +56,7 @@ def _add_common(parser: argparse.ArgumentParser, *, plugins: bool = True,
                                  "also $AUTOTUNE_DISABLE)")
         parser.add_argument("--strict", action="store_true",
                             help="a failing plugin is an error instead of a warning")
+    return formats
 
 
 def _disabled(args: argparse.Namespace) -> list[str]:
@@ -358,8 +363,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plan", help="the settings the plugins propose, with reasons",
                               description="Make the plan: every setting with its value, source "
                                           "(default < profile < measured < override) and reason.")
-    _add_common(p, profile=True)
+    formats = _add_common(p, profile=True)
     p.add_argument("--set", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
-                   help="override one setting (value read as YAML; repeatable)")
-    p.add_argument("--yaml", action="store_true", help="the plan as YAML")
+                   help="override one setting (value read as YAML, everything after the "
+                        "first '='; repeatable)")
+    formats.add_argument("--yaml", action="store_true", help="the plan as YAML")
     p.set_defaults(func=_run(cmd_plan))

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from autotune.cli.arguments import at_least, output_file, seconds
 from autotune.cli.output import key_values, print_json
+from autotune.errors import AutotuneError
 from autotune.hardware import GIB
 
 JSON_VERSION = 1
@@ -56,6 +58,7 @@ def print_report(timeline: Any, out: TextIO) -> None:
         print(f"Note      {note}", file=out)
     if timeline.skipped:
         print(f"Skipped   {timeline.skipped.describe()}", file=out)
+        print("Partial   yes: the summary and diagnosis leave out what was skipped", file=out)
     diagnosis = diagnose(summary)
     print(f"\nDiagnosis: {diagnosis.sentence}", file=out)
     print(f"  evidence:  {diagnosis.evidence}", file=out)
@@ -71,7 +74,23 @@ def report_json(loaded: Any, **extra: Any) -> dict[str, Any]:
     return {"version": JSON_VERSION, **extra, "summary": summary.to_dict(),
             "diagnosis": diagnose(summary).to_dict(),
             "findings": [d.to_dict() for d in findings(summary)],
-            "notes": list(loaded.notes), "skipped": loaded.skipped.to_dict()}
+            "notes": list(loaded.notes), "skipped": loaded.skipped.to_dict(),
+            "partial": bool(loaded.skipped)}
+
+
+def warn_skipped(path: str, skipped: Any, err: TextIO) -> None:
+    """What reading ``path`` skipped, on stderr whatever the output format:
+    a line per problem kept (``FILE:LINE: why``), then one saying the report
+    is partial, with the counts (which cover the problems not listed)."""
+    if not skipped:
+        return
+    for example in skipped.examples:
+        print(f"autotune: warning: {example}", file=err)
+    shown = len(skipped.examples)
+    total = skipped.lines + skipped.records + skipped.fields
+    more = f"; {total - shown} more not listed" if total > shown else ""
+    counts = skipped.describe().split("; first: ", 1)[0]
+    print(f"autotune: warning: {path}: the report is partial ({counts}{more})", file=err)
 
 
 def _command(raw: Sequence[str]) -> list[str]:
@@ -116,6 +135,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         from autotune.cli.daemon_status import cmd_status
 
         return cmd_status(args)
+    if args.json:
+        raise AutotuneError("--json is for 'autotune daemon status'; the daemon itself "
+                            "writes its samples to --out as JSON lines")
     options = DaemonOptions(out=Path(args.out), interval_s=args.interval,
                             max_bytes=args.max_bytes, backups=args.backups, pid=args.pid,
                             coordinate=not args.no_coordinate,
@@ -128,9 +150,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autotune.telemetry.plot import plot_timeline
 
     timeline = read_timeline(args.timeline)
+    warn_skipped(args.timeline, timeline.skipped, sys.stderr)
     plot = None
     if args.plot:
-        plot = str(plot_timeline(timeline, args.plot, title=f"autotune report {args.timeline}"))
+        try:
+            plot = str(plot_timeline(timeline, args.plot,
+                                     title=f"autotune report {args.timeline}"))
+        except OSError as exc:
+            raise AutotuneError(f"--plot {args.plot}: cannot write it "
+                                f"({exc.strerror or exc})") from None
     if args.json:
         print_json(report_json(timeline, timeline=args.timeline, plot=plot))
         return 0
@@ -140,20 +168,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "monitor", help="run a command while sampling the hardware; diagnose the bottleneck",
         description="Run CMD, sample CPU, memory, its processes and GPUs while it runs, then "
                     "print a summary and a one-sentence diagnosis (on stderr) and write "
                     "timeline.jsonl and timeline.png into --out. Exits with CMD's exit code.")
-    p.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
                    help="seconds between samples (default 1)")
     p.add_argument("--out", default="autotune-monitor", metavar="DIR",
                    help="where timeline.jsonl and timeline.png go (default ./autotune-monitor)")
@@ -182,7 +203,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cores", type=int, metavar="N",
                    help="share only the first N usable cores (default: all)")
     p.add_argument("--json", action="store_true", help="status: machine-readable output")
-    p.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
                    help="seconds between samples (default 1)")
     p.add_argument("--out", default="autotune-telemetry.jsonl", metavar="FILE",
                    help="JSONL output (default ./autotune-telemetry.jsonl); FILE.lock "
@@ -191,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="rotate before FILE grows past N bytes (default 10 MiB)")
     p.add_argument("--backups", type=int, default=3, metavar="K",
                    help="rotated files to keep, FILE.1 newest (default 3)")
-    p.add_argument("--pid", type=int, metavar="PID",
+    p.add_argument("--pid", type=at_least(1), metavar="PID",
                    help="also record this process's (and its children's) RSS and CPU")
     p.set_defaults(func=cmd_daemon)
 
@@ -200,6 +221,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Read a timeline written by monitor, daemon or TrainingMonitor; print "
                     "the summary and the diagnosis; optionally plot it.")
     p.add_argument("timeline", metavar="TIMELINE.jsonl")
-    p.add_argument("--plot", metavar="PNG", help="also write a plot here")
+    p.add_argument("--plot", type=output_file, metavar="PNG", help="also write a plot here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_report)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import math
 import os
 import signal
 import threading
@@ -22,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import psutil
 
 from autotune.telemetry.sampler import Sampler
 from autotune.telemetry.timeline import (FILE_MODE, TelemetryError, encode_line, open_append,
@@ -48,8 +51,10 @@ class DaemonOptions:
     cores: int | None = None
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0:
+        if not (math.isfinite(self.interval_s) and self.interval_s > 0):
             raise TelemetryError(f"--interval must be > 0 seconds, got {self.interval_s}")
+        if self.pid is not None and self.pid < 1:
+            raise TelemetryError(f"--pid must be >= 1, got {self.pid}")
         if self.max_bytes < 1024:
             raise TelemetryError(f"--max-bytes must be at least 1024, got {self.max_bytes}")
         if self.backups < 0:
@@ -150,6 +155,9 @@ def run_daemon(options: DaemonOptions,
     out = options.out
     if out.parent and not out.parent.is_dir():
         raise TelemetryError(f"--out {out}: directory {out.parent} does not exist")
+    if options.pid is not None and not psutil.pid_exists(options.pid):
+        # Sampling would go on for ever with nothing to watch.
+        raise TelemetryError(f"--pid {options.pid}: no such process (has it exited?)")
     lock = OutputLock(out)
     lock.acquire()
     stop = threading.Event()
