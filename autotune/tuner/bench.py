@@ -109,7 +109,8 @@ class BenchResult:
         lines = [f"command: {command}"] if command else []
         lines += [
             f"date: {self.date or '?'}",
-            f"cpu: {m.get('cpu', '?')}, {m.get('usable_cores', '?')} usable cores, flags "
+            f"cpu: {m.get('cpu', '?')}{_cpu_id(m.get('cpu_id'))}, "
+            f"{m.get('usable_cores', '?')} usable cores, flags "
             f"{' '.join(m.get('cpu_flags', [])) or 'none'}",
             f"gpu: {gpus}; CUDA {m.get('cuda') or 'none'}; device used {self.device}",
             f"torch {m.get('torch', '?')}, python {m.get('python', '?')}, {m.get('os', '?')}",
@@ -151,6 +152,10 @@ def _load(value: list[float] | None) -> str:
     return "-" if not value else f"{value[0]:.2f}"
 
 
+def _cpu_id(cpu_id: Mapping[str, str] | None) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in cpu_id.items())})" if cpu_id else ""
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -159,12 +164,17 @@ def machine_facts() -> dict[str, Any]:
     """The machine a figure was measured on, as :func:`autotune.detect`
     reports it: CPU model and ISA flags (avx2, avx512*, amx*), cores,
     memory, each GPU's name and driver, the CUDA build, torch and Python.
-    The one description every benchmark result records."""
-    from autotune.detect import detect
+    The one description every benchmark result records. ``cpu_id`` adds
+    /proc/cpuinfo's family, model and stepping numbers: a VM may name its
+    CPU only "AMD EPYC", and they still tell one generation from another."""
+    from autotune.detect import _read_proc_cpuinfo, detect
 
     hardware = detect()
     cuda_ran = hardware.cuda_available
-    return {"cpu": hardware.cpu.brand, "vendor": hardware.cpu.vendor,
+    info = _read_proc_cpuinfo()
+    cpu_id = {key: info[name] for key, name in (("family", "cpu family"), ("model", "model"),
+                                                ("stepping", "stepping")) if name in info}
+    return {"cpu": hardware.cpu.brand, "cpu_id": cpu_id or None, "vendor": hardware.cpu.vendor,
             "arch": hardware.cpu.arch, "cpu_flags": list(hardware.cpu.flags),
             "has_bf16": hardware.cpu.has_bf16,
             "physical_cores": hardware.cpu.physical_cores,
