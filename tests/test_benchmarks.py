@@ -48,7 +48,8 @@ def assert_provenance(record: dict, script_name: str) -> None:
     assert record["command"].startswith(f"python benchmarks/{script_name}")
     assert datetime.fromisoformat(record["date"]).utcoffset().total_seconds() == 0
     machine = record["machine"]
-    for key in ("cpu", "cpu_flags", "usable_cores", "gpus", "cuda", "torch", "python", "os"):
+    for key in ("cpu", "cpu_id", "cpu_flags", "usable_cores", "gpus", "cuda", "torch", "python",
+                "os"):
         assert key in machine, key
     assert machine["cpu"] and machine["torch"]
     assert isinstance(machine["cpu_flags"], list) and isinstance(machine["gpus"], list)
@@ -73,13 +74,6 @@ def test_help_answers_and_the_default_output_is_not_a_committed_result(path: Pat
     default = re.search(r"\(default ([^;)]+)", out_help.group(1))
     assert default, out_help.group(1)
     assert "benchmarks/results" not in default.group(1).replace("\\", "/")
-
-
-def test_every_script_with_a_target_takes_target_option() -> None:
-    for path in SCRIPTS:
-        if path.name in ("bf16_probe.py", "run_gpu.py"):
-            continue  # the probe has no target; run_gpu is checked through run_one
-        assert "--target" in path.read_text(), path.name
 
 
 # -- run_cpu (and run_one, which run_gpu shares) ------------------------------------------
@@ -272,10 +266,72 @@ def test_daemon_jobs_records_provenance_and_exit_code(monkeypatch, tmp_path, cap
         assert "targets missed" in capsys.readouterr().out
 
 
-# -- the README names a command for every committed result --------------------------------
+# -- the README names, for every committed result, the command that writes it -------------
 
 
-def test_the_readme_gives_a_command_writing_each_committed_result() -> None:
-    readme = (BENCHMARKS / "README.md").read_text()
-    for path in sorted((BENCHMARKS / "results").iterdir()):
-        assert f"results/{path.name}" in readme or f"results/{path.stem}" in readme, path.name
+def readme_rows() -> list[tuple[set[str], str]]:
+    """(files, command) for each row of the README's table of committed files."""
+    text = (BENCHMARKS / "README.md").read_text()
+    section = text.split("## Every committed file and the command that writes it")[1]
+    section = section.split("\n## ")[0].split("\n### ")[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = line.split(" | ")
+        files = set(re.findall(r"`([^`]+\.(?:json|png|txt))`", cells[0]))
+        commands = [c for c in re.findall(r"`([^`]+)`", cells[1])
+                    if c.startswith(("python benchmarks/", "autotune "))]
+        assert len(commands) == 1, line
+        rows.append((files, commands[0]))
+    return rows
+
+
+def written_by(command: str) -> tuple[str, set[str]]:
+    """The script (or ``autotune <command>``) a README command runs, and the
+    files under benchmarks/results/ it writes, as its arguments say."""
+    import shlex
+
+    words = shlex.split(command)
+    redirect = words.index(">") if ">" in words else None
+    args = words[2:redirect] if redirect is not None else words[2:]
+    options: dict[str, list[str]] = {}
+    for flag, value in zip(args, [*args[1:], ""]):
+        if flag.startswith("--"):
+            options.setdefault(flag, []).append("" if value.startswith("--") else value)
+    out = options.get("--out", [""])[-1]
+    if words[0] == "autotune":
+        files = {options["--plot"][-1], words[redirect + 1]}
+        return f"autotune {words[1]}", files
+    name = Path(words[1]).name
+    if name == "run_cpu.py":
+        workloads = options.get("--workload", ["cnn", "transformer"])
+        prefix = options.get("--prefix", ["cpu"])[-1]
+        stems = options.get("--name") or [f"{prefix}_{w}" for w in workloads]
+        files = {f"{out}/{stem}.{ext}" for stem in stems for ext in ("json", "png")}
+    elif name == "daemon_jobs.py":
+        stem = options.get("--name", ["daemon_jobs"])[-1]
+        files = {f"{out}/{stem}.json", f"{out}/{stem}.png"}
+    else:
+        files = {out}
+    return name, files
+
+
+def test_the_readme_gives_the_command_that_writes_each_committed_result() -> None:
+    rows = readme_rows()
+    listed = set().union(*(files for files, _ in rows))
+    committed = {p.name for p in (BENCHMARKS / "results").iterdir()}
+    assert listed == committed
+    helps: dict[str, str] = {}
+    for files, command in rows:
+        target, writes = written_by(command)
+        assert writes == {f"benchmarks/results/{f}" for f in files}, command
+        if target not in helps:
+            argv = ([sys.executable, "-m", "autotune", *target.split()[1:], "--help"]
+                    if target.startswith("autotune ") else
+                    [sys.executable, str(BENCHMARKS / target), "--help"])
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
+            assert run.returncode == 0, run.stderr
+            helps[target] = run.stdout
+        for flag in re.findall(r"(?<!\S)--[a-z][a-z-]*", command):
+            assert re.search(rf"{flag}\b", helps[target]), f"{target} has no {flag}"
