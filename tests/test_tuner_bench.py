@@ -22,6 +22,11 @@ def test_bench_prints_defaults_vs_tuned_and_writes_the_plot(tmp_path, capsys) ->
     assert main([*QUICK, "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "winner: #" in out
+    # Saved with `> file.txt`, the table says how, where and when it was made.
+    head = out.splitlines()[:6]
+    assert head[0] == "# command: autotune " + " ".join([*QUICK, "--plot", str(plot)])
+    assert head[1].startswith("# date: 20") and head[2].startswith("# cpu: ")
+    assert any(line.startswith("# torch ") for line in head)
     assert "confirmation" in out and "defaults" in out and "tuned" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

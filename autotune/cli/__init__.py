@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 from importlib import metadata
 from typing import NoReturn, Sequence
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What was typed, for a command that records how its output was made.
+    args.command_line = shlex.join(["autotune", *(sys.argv[1:] if argv is None else argv)])
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity(args), 2)]
     logging.basicConfig(level=level,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
         return 0
+    # The text is what gets saved (`> results.txt`): it says where, when and
+    # how it was measured before what was measured.
+    print(result.header(args.command_line))
+    print()
     print(f"{result.workload}: {result.description} on {result.device}")
     print()
     print(result.tuning.table())
