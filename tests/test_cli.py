@@ -17,6 +17,7 @@ import pytest
 
 import autotune
 from autotune import detect
+from cli_helpers import run_error
 from autotune.cli import build_parser, main, verbosity
 from autotune.cli.output import table, warnings_as_lines
 from autotune.hardware import Hardware
@@ -32,16 +33,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run_error(capsys, *argv: str) -> str:
-    """Run a command that must fail with exit 2 and exactly one line on stderr."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse errors exit directly
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 # -- detect ------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import run_error
 from autotune.cli import build_parser, main
 from autotune.cli.bench import WORKLOAD_NAMES
 from autotune.cli.core import parse_overrides
@@ -103,15 +104,6 @@ def test_bench_offers_exactly_the_library_workloads():
 # -- bad arguments: one line, exit 2 ------------------------------------------------
 
 
-def run_error(capsys, *argv: str) -> str:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse errors exit directly
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert code == 2, (out, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("argv, message", [
