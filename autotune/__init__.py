@@ -7,9 +7,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 # ``detect`` is bound here, not on first use: importing the submodule
-# autotune.detect (the planner does) would otherwise leave the package
+# autotune.machine.detect (the planner does) would otherwise leave the package
 # attribute ``detect`` pointing at the module instead of the function.
-from autotune.detect import detect
+from autotune.machine.detect import detect
 
 __version__ = "0.1.0"
 
@@ -20,18 +20,18 @@ _LAZY = {
     "AutotuneError": "autotune.errors", "PlanError": "autotune.errors",
     "PluginError": "autotune.errors", "ProfileError": "autotune.errors",
     "TrainingError": "autotune.errors",
-    "CPU": "autotune.hardware", "GPU": "autotune.hardware", "Hardware": "autotune.hardware",
-    "Memory": "autotune.hardware",
-    "Context": "autotune.context", "Workload": "autotune.context",
-    "hookimpl": "autotune.hookspecs",
-    "PluginManager": "autotune.manager",
-    "Plan": "autotune.plan", "Setting": "autotune.plan", "Source": "autotune.plan",
+    "CPU": "autotune.machine.hardware", "GPU": "autotune.machine.hardware", "Hardware": "autotune.machine.hardware",
+    "Memory": "autotune.machine.hardware",
+    "Context": "autotune.plugin.context", "Workload": "autotune.plugin.context",
+    "hookimpl": "autotune.plugin.hookspecs",
+    "PluginManager": "autotune.plugin.manager",
+    "Plan": "autotune.plan.plan", "Setting": "autotune.plan.plan", "Source": "autotune.plan.plan",
     "make_plan": "autotune.planner",
     "Profile": "autotune.profile", "load_profiles": "autotune.profile",
     "recommend": "autotune.profile",
     "apply": "autotune.api", "Tuned": "autotune.api",
-    "Engine": "autotune.engine",
-    "History": "autotune.history",
+    "Engine": "autotune.engine.engine",
+    "History": "autotune.engine.history",
     "cross_validate": "autotune.cv", "CVResult": "autotune.cv",
 }
 
@@ -39,15 +39,15 @@ __all__ = sorted(["detect", *_LAZY])
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
     from autotune.api import Tuned, apply
-    from autotune.context import Context, Workload
+    from autotune.plugin.context import Context, Workload
     from autotune.cv import CVResult, cross_validate
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
     from autotune.errors import AutotuneError, PlanError, PluginError, ProfileError, TrainingError
-    from autotune.hardware import CPU, GPU, Hardware, Memory
-    from autotune.history import History
-    from autotune.hookspecs import hookimpl
-    from autotune.manager import PluginManager
-    from autotune.plan import Plan, Setting, Source
+    from autotune.machine.hardware import CPU, GPU, Hardware, Memory
+    from autotune.engine.history import History
+    from autotune.plugin.hookspecs import hookimpl
+    from autotune.plugin.manager import PluginManager
+    from autotune.plan.plan import Plan, Setting, Source
     from autotune.planner import make_plan
     from autotune.profile import Profile, load_profiles, recommend
 

@@ -27,11 +27,11 @@ import torch
 # apply_plan and the Tuned result live in autotune.applying (the tuner,
 # cross-validation and DDP use them without this facade); re-exported here.
 from autotune.applying import Tuned, _check_model, apply_plan, resolve_device
-from autotune.context import Workload
-from autotune.contract import StepContract
+from autotune.plugin.context import Workload
+from autotune.workload.contract import StepContract
 from autotune.errors import AutotuneError
-from autotune.hardware import Hardware
-from autotune.manager import PluginManager
+from autotune.machine.hardware import Hardware
+from autotune.plugin.manager import PluginManager
 from autotune.planner import make_plan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,7 +71,7 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
         the model's own loss (``outputs.loss``, a dict of losses summed).
     :param step_fn: ``step_fn(model, batch) -> loss`` for any other batch
         (several inputs, detection, a loss that needs the inputs); measured
-        like ``loss_fn``. See :mod:`autotune.contract`.
+        like ``loss_fn``. See :mod:`autotune.workload.contract`.
     :param batch_size_fn: ``batch_size_fn(batch) -> int``, the samples in a
         batch, when the default count (targets' or first tensor's leading
         dimension; one per target dict) is wrong.

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
-from autotune.batches import model_device
-from autotune.context import Context
+from autotune.workload.batches import model_device
+from autotune.plugin.context import Context
 from autotune.errors import AutotuneError
-from autotune.manager import PluginManager
-from autotune.plan import Plan
+from autotune.plugin.manager import PluginManager
+from autotune.plan.plan import Plan
 from autotune.profile import Recommendation
-from autotune.report import Kind, Report
+from autotune.plan.report import Kind, Report
 
 if TYPE_CHECKING:  # pragma: no cover
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
 log = logging.getLogger("autotune.api")
 
@@ -60,11 +60,11 @@ class Tuned:
                loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
                **kwargs: Any) -> "Engine":
         """The training engine with this plan applied. ``kwargs`` go to
-        :class:`~autotune.engine.Engine` (``step_fn``, ``batch_size_fn``,
+        :class:`~autotune.engine.engine.Engine` (``step_fn``, ``batch_size_fn``,
         ``scheduler``, ``progress``...); without ``loss_fn`` and ``step_fn``,
         the ones given to :func:`autotune.apply` (else the model's own loss).
         Close it (or use ``with``) to undo the global settings it made."""
-        from autotune.engine import Engine
+        from autotune.engine.engine import Engine
 
         kwargs.setdefault("device", self.device)
         kwargs.setdefault("report", self.report)

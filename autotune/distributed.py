@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from autotune.errors import AutotuneError
-from autotune.plan import Plan
+from autotune.plan.plan import Plan
 
 log = logging.getLogger("autotune.distributed")
 T = TypeVar("T")
@@ -254,7 +254,7 @@ class Prepared:
 
     @property
     def ddp(self) -> torch.nn.parallel.DistributedDataParallel:
-        from autotune.batches import find_ddp
+        from autotune.workload.batches import find_ddp
 
         found = find_ddp(self.model)
         assert found is not None
@@ -263,7 +263,7 @@ class Prepared:
     def engine(self, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], Any],
                **kwargs: Any) -> Any:
         """The shared engine on the DDP model: progress bars on rank 0 only."""
-        from autotune.engine import Engine
+        from autotune.engine.engine import Engine
 
         kwargs["progress"] = bool(kwargs.get("progress", True)) and self.info.is_rank_zero
         kwargs.setdefault("device", self.device)
@@ -275,7 +275,7 @@ class Prepared:
 def _make_plan_for(model: torch.nn.Module, loader: Any, disable: tuple[str, ...],
                    overrides: Mapping[str, Mapping[str, Any]] | None,
                    profile: str | None) -> Plan:
-    from autotune.context import Workload
+    from autotune.plugin.context import Workload
     from autotune.planner import make_plan
 
     return make_plan(profile=profile, workload=Workload.inspect(model, loader), disable=disable,
@@ -290,8 +290,8 @@ def share_cores(plan: Plan, hardware: Any = None, *, context: Any = None,
     the plan says what changes under the share (``autotune_resource_share``;
     the threads plugin sets its intra-op threads to the rank's cores, a
     user's override kept)."""
-    from autotune.detect import detect
-    from autotune.resources import Share, share_plan
+    from autotune.machine.detect import detect
+    from autotune.plan.resources import Share, share_plan
 
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if local_ranks <= 1:
@@ -301,7 +301,7 @@ def share_cores(plan: Plan, hardware: Any = None, *, context: Any = None,
 
         context = context_for_plan(plan, hardware=hardware)
     if manager is None:
-        from autotune.manager import PluginManager
+        from autotune.plugin.manager import PluginManager
 
         manager = PluginManager()
     manager.load()
@@ -330,9 +330,9 @@ def prepare(model: torch.nn.Module, loader: Any = None,
     from torch.nn.parallel import DistributedDataParallel
 
     from autotune.applying import apply_plan
-    from autotune.context import Workload
+    from autotune.plugin.context import Workload
     from autotune.cv.runner import context_for_plan
-    from autotune.manager import PluginManager
+    from autotune.plugin.manager import PluginManager
 
     if not is_initialized():
         raise DistributedError("prepare() needs the process group; call "

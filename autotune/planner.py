@@ -7,14 +7,14 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
-from autotune.context import Context, Workload
-from autotune.detect import detect
-from autotune.hardware import Hardware
-from autotune.knobs import check_overrides, guard_plan
-from autotune.manager import PluginManager
-from autotune.plan import Plan, Source
+from autotune.plugin.context import Context, Workload
+from autotune.machine.detect import detect
+from autotune.machine.hardware import Hardware
+from autotune.plan.knobs import check_overrides, guard_plan
+from autotune.plugin.manager import PluginManager
+from autotune.plan.plan import Plan, Source
 from autotune.profile import Recommendation, get_profile, load_profiles, recommend
-from autotune.resources import share_plan
+from autotune.plan.resources import share_plan
 
 log = logging.getLogger("autotune.planner")
 

@@ -1,10 +1,10 @@
 """Helpers for testing autotune plugins and profiles (ours and yours).
 
-* :func:`fake_hardware` builds a :class:`~autotune.hardware.Hardware` for a
+* :func:`fake_hardware` builds a :class:`~autotune.machine.hardware.Hardware` for a
   machine you do not have; :func:`rtx5080_7950x`, :func:`h100_box`,
   :func:`a100_box`, :func:`rtx4090_box` and :func:`cpu_laptop` are ready-made
   ones with the real specifications of those parts.
-* :func:`plugin_manager` gives a :class:`~autotune.manager.PluginManager`
+* :func:`plugin_manager` gives a :class:`~autotune.plugin.manager.PluginManager`
   that loads the built-ins (and the plugin objects you pass) and neither
   loads nor lists third-party entry points, so a test sees the same plugins
   everywhere, whatever else is installed.
@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from autotune.hardware import CPU, GIB, GPU, Hardware, Memory
-from autotune.hookspecs import hookimpl
-from autotune.manager import PluginManager
+from autotune.machine.hardware import CPU, GIB, GPU, Hardware, Memory
+from autotune.plugin.hookspecs import hookimpl
+from autotune.plugin.manager import PluginManager
 
 MIB = 1024**2
 
@@ -274,7 +274,7 @@ def requires(*, cuda: bool = False, bf16: bool = False, gpus: int = 0) -> Any:
             if have_cuda and not torch.cuda.is_bf16_supported():
                 missing.append("a GPU with native bf16 (Ampere or newer)")
         else:
-            from autotune.detect import detect
+            from autotune.machine.detect import detect
 
             if not detect().cpu.has_bf16:
                 missing.append("a CPU with native bf16 (AVX512-BF16 or AMX)")

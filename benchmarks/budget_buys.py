@@ -41,7 +41,7 @@ def child_search(workload: str, budget: float, out: Path) -> None:
     import torch  # noqa: F401 - imported before timing, as a user's script would
 
     import autotune
-    from autotune.workloads import get_workload
+    from autotune.bench.workloads import get_workload
 
     spec = get_workload(workload)
     model, loader, optimizer = spec.build(0)
@@ -57,7 +57,7 @@ def child_search(workload: str, budget: float, out: Path) -> None:
 
 
 def child_confirm(workload: str, picks: Path, rounds: int, out: Path) -> None:
-    from autotune.tuner.bench import confirm_configs
+    from autotune.bench.runner import confirm_configs
 
     chosen = json.loads(picks.read_text())
     headlines = confirm_configs(workload, [(name, values) for name, values in chosen],

@@ -1,7 +1,7 @@
 """Shared by the benchmark scripts: what every result file records
 (:func:`provenance`), targets (``--target NAME=VALUE``, :func:`report_targets`),
 waiting for a quiet machine, and -- for run_cpu.py and run_gpu.py -- one
-workload through ``autotune.tuner.bench.run_bench`` (:func:`run_one`)."""
+workload through ``autotune.bench.runner.run_bench`` (:func:`run_one`)."""
 
 from __future__ import annotations
 
@@ -58,13 +58,13 @@ def provenance(argv: Sequence[str] | None = None, *, date: str | None = None,
     directory and the interpreter), the checkout's commit, the date the run
     started (UTC, ISO 8601; default now), the machine as ``autotune.detect()``
     reports it (CPU model and ISA flags, GPUs with driver, CUDA build,
-    torch: :func:`autotune.tuner.bench.machine_facts`), the load averages
+    torch: :func:`autotune.bench.runner.machine_facts`), the load averages
     before (``load_before``; default now) and after (now), and the share of
     the CPU other processes used meanwhile where the harness measured it
     (None where it did not).
 
     Call it when the run is over, with what was read at its start."""
-    from autotune.tuner.bench import machine_facts
+    from autotune.bench.runner import machine_facts
 
     argv = list(sys.argv if argv is None else argv)
     if argv:
@@ -221,7 +221,7 @@ def run_one(workload: Any, name: str, prefix: str, *, budget_s: float, grid: boo
     least disturbed run. Writes ``<out_dir>/<file_name>.json`` and ``.png``
     (default file name ``<prefix>_<name>``); ``argv`` is the command line
     recorded (default ``sys.argv``). Each target is a minimum."""
-    from autotune.tuner.bench import plot_bench, run_bench
+    from autotune.bench.runner import plot_bench, run_bench
     from autotune.tuner.trial import TrialOptions
 
     print(f"== {name}", flush=True)

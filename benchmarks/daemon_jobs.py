@@ -59,7 +59,7 @@ def run_job(name: str, arm: str, slot: int, cores: int, epochs: int) -> dict[str
     from torch.utils.data import DataLoader, Subset
 
     import autotune
-    from autotune.workloads import WORKLOADS, resnet18_cifar
+    from autotune.bench.workloads import WORKLOADS, resnet18_cifar
 
     batches = JOBS[name][1]
     workload = WORKLOADS[name]

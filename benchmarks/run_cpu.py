@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target tuned_vs_grid_best needs the grid (drop --no-grid)")
     command = sys.argv if argv is None else [__file__, *argv]
 
-    from autotune.detect import detect
+    from autotune.machine.detect import detect
 
     has_bf16 = detect().cpu.has_bf16
     if not has_bf16:

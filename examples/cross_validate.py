@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("autotune.report").setLevel(logging.WARNING)
+    logging.getLogger("autotune.plan.report").setLevel(logging.WARNING)
 
     dataset = make_dataset()
     options = dict(k=args.k, epochs=args.epochs, batch_size=64, stratify=dataset.tensors[1],

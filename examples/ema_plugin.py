@@ -25,10 +25,8 @@ from typing import Any, Mapping
 
 import torch
 
-from autotune import hookimpl
-from autotune.knobs import Effect, Knob, positive_number
-from autotune.plan import Setting, default, from_profile
-from autotune.report import Kind
+from autotune.sdk import (
+    Effect, Kind, Knob, Setting, default, from_profile, hookimpl, positive_number)
 
 NAME = "ema"
 

@@ -65,7 +65,7 @@ def show_epoch_summaries() -> None:
     """Print the one-line summary the engine logs after each epoch."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    engine_log = logging.getLogger("autotune.engine")
+    engine_log = logging.getLogger("autotune.engine.engine")
     engine_log.addHandler(handler)
     engine_log.setLevel(logging.INFO)
     engine_log.propagate = False  # printed once, here

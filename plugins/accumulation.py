@@ -20,13 +20,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import Effect, Knob, whole_number
-from autotune.options import parse_options
-from autotune.plan import Setting, Source, default, from_profile
-from autotune.report import Kind
+from autotune.sdk import (
+    Context, Effect, Hardware, Kind, Knob, Setting, Source, TrainingError, Workload, default,
+    from_profile, hookimpl, parse_options, whole_number)
 
 NAME = "accumulation"
 
@@ -93,8 +89,6 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
 def set_steps(engine: Any, steps: int) -> None:
     """Change ``engine``'s window (between windows only), e.g. for a
     batch-size search that must step every micro-batch."""
-    from autotune.errors import TrainingError
-
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"accumulation steps must be an integer >= 1, got {steps!r}")
     if engine._window_count:

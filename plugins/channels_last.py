@@ -17,13 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import Knob, true_or_false
-from autotune.options import parse_options
-from autotune.plan import Setting, default
-from autotune.report import Kind
+from autotune.sdk import (
+    Context, Hardware, Kind, Knob, Setting, Workload, default, hookimpl, parse_options,
+    true_or_false)
 
 NAME = "channels_last"
 
@@ -63,7 +59,7 @@ def apply_channels_last(model: Any) -> bool:
     valid). Returns False, changing nothing, for a model without Conv2d."""
     import torch
 
-    from autotune.batches import has_conv2d
+    from autotune.sdk import has_conv2d
 
     if not has_conv2d(model):
         return False
@@ -86,7 +82,7 @@ def autotune_apply_model(model: Any, plan: Any, report: Any) -> Any:
 def autotune_setup_engine(engine: Any, plan: Any) -> None:
     import torch
 
-    from autotune.batches import has_conv2d
+    from autotune.sdk import has_conv2d
 
     if plan.get(NAME, "enabled", False) and has_conv2d(engine.module):
         engine.plugin_state(NAME)["inputs"] = torch.channels_last
@@ -99,7 +95,7 @@ def autotune_prepare_inputs(engine: Any, inputs: Any) -> Any:
     memory_format = engine.plugin_state(NAME).get("inputs")
     if memory_format is None:
         return None
-    from autotune.batches import move_to
+    from autotune.sdk import move_to
 
     # Already on the device: only 4-D floating-point tensors change layout.
     return move_to(inputs, engine.device, memory_format=memory_format)

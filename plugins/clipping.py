@@ -20,13 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import Effect, Knob, positive_number
-from autotune.options import parse_options
-from autotune.plan import Setting, default, from_profile
-from autotune.report import Kind
+from autotune.sdk import (
+    Context, Effect, Hardware, Kind, Knob, Setting, Workload, default, from_profile, hookimpl,
+    parse_options, positive_number)
 
 NAME = "clipping"
 

@@ -18,13 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import Knob, true_or_false
-from autotune.options import parse_options
-from autotune.plan import Setting, default, from_profile
-from autotune.report import Kind
+from autotune.sdk import (
+    Context, Hardware, Kind, Knob, Recovery, Setting, Workload, default, from_profile, hookimpl,
+    parse_options, true_or_false)
 
 NAME = "compile"
 MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -87,7 +83,7 @@ def compile_model(model: Any, mode: str, fullgraph: bool = False) -> Any:
 
 @hookimpl
 def autotune_apply_model(model: Any, plan: Any, report: Any) -> Any:
-    from autotune.batches import is_compiled
+    from autotune.sdk import is_compiled
 
     mode = plan.get(NAME, "mode", "off")
     fullgraph = bool(plan.get(NAME, "fullgraph", False))
@@ -126,7 +122,7 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     """Guard the compiled model: compile errors surface only at the first
     forward/backward, so the engine retries eagerly and the reason lands in
     the report and in the engine's plan (``compile.mode`` becomes ``off``)."""
-    from autotune.batches import is_compiled
+    from autotune.sdk import is_compiled
 
     if not is_compiled(engine.model):
         return
@@ -139,8 +135,6 @@ def autotune_step_failed(engine: Any, error: BaseException, phase: str) -> Any:
     """A compiled forward or backward raised: train the eager module
     instead. When the eager step fails too, the error is the user's own and
     the compiled model comes back."""
-    from autotune.step import Recovery
-
     state = engine.plugin_state(NAME)
     eager = state.pop("eager", None)
     if eager is None:

@@ -9,7 +9,7 @@ intra-op threads, loader workers -- with source ``daemon``, and this plugin
 pins the process to the share's cpus. During ``Engine.fit`` it reports each
 epoch's samples/s and data wait to the daemon (what the daemon divides the
 cores by) and, at epoch boundaries, takes new shares and tries speed-only
-changes (autotune.live). With no daemon it contributes nothing: the plan
+changes (autotune.live.adapter). With no daemon it contributes nothing: the plan
 is exactly what it is without this plugin.
 
 Profile options::
@@ -31,13 +31,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.options import parse_options
-from autotune.plan import Setting, Source
-from autotune.report import Kind
-from autotune.resources import Share
+from autotune.sdk import (
+    Context, Hardware, Kind, Observation, Setting, Share, Source, Workload, daemon_job, hookimpl,
+    join_daemon, parse_options, workers_adjustable)
 
 NAME = "daemon"
 
@@ -56,9 +52,7 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
 
 
 def _client() -> Any:
-    from autotune.coordinator.client import current
-
-    return current()
+    return daemon_job()
 
 
 def share_of(grant: Any) -> Share:
@@ -69,14 +63,11 @@ def share_of(grant: Any) -> Share:
 
 @hookimpl
 def autotune_configure(context: Context) -> dict[str, Setting] | None:
-    from autotune.coordinator.client import join
-    from autotune.loaders import workers_adjustable
-
     options = parse_options(NAME, Options, dict(context.options_for(NAME)))
     if context.workload.model is None:
         return None  # a plan without a model (``autotune plan``) is no training job
-    client = join(loader_workers_usable=workers_adjustable(context.workload.loader),
-                  wait_s=options.wait_s)
+    client = join_daemon(loader_workers_usable=workers_adjustable(context.workload.loader),
+                         wait_s=options.wait_s)
     if client is None or client.grant is None:
         return None
     where = f"registered with autotune daemon on {client.path}"
@@ -127,7 +118,7 @@ def _set_all(cpus: set[int]) -> None:
 
 @hookimpl
 def autotune_setup_engine(engine: Any, plan: Any) -> None:
-    from autotune.live import LiveAdapter
+    from autotune.sdk import LiveAdapter
 
     cpus = plan.get(NAME, "cpus")
     if cpus and hasattr(os, "sched_setaffinity"):
@@ -150,8 +141,6 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
 
 
 def _report(metrics: Any) -> None:
-    from autotune.coordinator.allocator import Observation
-
     client = _client()
     if client is None or metrics.threads is None or metrics.samples_per_s <= 0:
         return

@@ -22,15 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import LOADER, Knob, true_or_false, whole_number
-from autotune.loaders import loader_settings, rebuild_loader, workers_adjustable
-from autotune.options import clamp_to, describe_bounds, parse_options
-from autotune.plan import Setting, default, from_profile
-from autotune.report import Kind
-from autotune.resources import Share
+from autotune.sdk import (
+    LOADER, Context, Hardware, Kind, Knob, Setting, Share, Source, Workload, clamp_to, default,
+    describe_bounds, from_profile, hookimpl, loader_settings, parse_options, rebuild_loader,
+    true_or_false, whole_number, workers_adjustable)
 
 NAME = "dataloader"
 #: Without a profile, more workers than this rarely help one GPU.
@@ -245,8 +240,6 @@ def autotune_resource_share(plan: Any, share: Share) -> dict[str, Setting]:
     share's ``loader_workers`` (a user's override too, since the share leaves
     no choice); with no workers left, ``persistent_workers`` and
     ``prefetch_factor`` go with them."""
-    from autotune.plan import Source
-
     if share.loader_workers is None:
         return {}
     workers = int(plan.get(NAME, "num_workers", 0) or 0)
@@ -262,7 +255,7 @@ def autotune_resource_share(plan: Any, share: Share) -> dict[str, Setting]:
     return out
 
 
-# -- changes during a run (autotune.live) ------------------------------------------------
+# -- changes during a run (autotune.live.adapter) ------------------------------------------------
 
 #: An epoch that waited for data this much of its time is input-bound:
 #: more loader workers are worth a try.

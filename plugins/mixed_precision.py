@@ -21,13 +21,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import Effect, Knob, true_or_false
-from autotune.options import parse_options
-from autotune.plan import Setting, Source, default, from_profile
-from autotune.report import Kind
+from autotune.sdk import (
+    Context, Effect, Hardware, Kind, Knob, Setting, Source, Workload, default, from_profile,
+    hookimpl, parse_options, true_or_false)
 
 NAME = "mixed_precision"
 DTYPES = ("auto", "bf16", "fp16", "fp32")

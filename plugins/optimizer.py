@@ -24,13 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import Knob
-from autotune.options import parse_options
-from autotune.plan import Setting, default, from_profile
-from autotune.report import Kind
+from autotune.sdk import (
+    Context, Hardware, Kind, Knob, Setting, Workload, default, from_profile, hookimpl,
+    parse_options)
 
 NAME = "optimizer"
 IMPLEMENTATIONS = ("off", "foreach", "fused")

@@ -37,12 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import GIB, Hardware
-from autotune.knobs import PROCESS, Knob, whole_number
-from autotune.options import parse_options
-from autotune.plan import Setting, default, from_profile
+from autotune.sdk import (
+    GIB, PROCESS, Context, FoldPlan, Hardware, Knob, Setting, Source, Workload, default,
+    from_profile, hookimpl, parse_options, whole_number)
 
 NAME = "parallel_folds"
 BACKENDS = ("loky", "threading", "dask")
@@ -214,9 +211,6 @@ def schedule(context: Context, plan: Any, folds: int, backend: str | None = None
              estimate_fold_seconds: Any = None, dask_slots: Any = None) -> Any:
     """How ``folds`` folds run under this plugin's settings in ``plan`` (see
     the module docstring); ``None`` when the plan has none of them."""
-    from autotune.plan import Source
-    from autotune.resources import FoldPlan
-
     if NAME not in plan:
         return None
     hardware = context.hardware

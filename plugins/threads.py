@@ -17,13 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context, Workload
-from autotune.hardware import Hardware
-from autotune.knobs import Knob, true_or_false, whole_number
-from autotune.options import parse_options
-from autotune.plan import Setting, default, from_profile
-from autotune.resources import THREAD_ENV_VARIABLES, Share, set_threads
+from autotune.sdk import (
+    THREAD_ENV_VARIABLES, Context, Hardware, Knob, Setting, Share, Source, Workload, default,
+    from_profile, hookimpl, parse_options, set_threads, true_or_false, whole_number)
 
 NAME = "threads"
 
@@ -151,8 +147,6 @@ def autotune_search_prior(context: Context, device_type: str) -> tuple[float, st
 def autotune_resource_share(plan: Any, share: Share) -> dict[str, Setting]:
     """Each share runs with its own number of intra-op threads (a user's
     ``intra_op`` stands); shares in one process leave its environment alone."""
-    from autotune.plan import Source
-
     out: dict[str, Setting] = {}
     current = plan.setting(NAME, "intra_op")
     if (share.threads is not None and current is not None

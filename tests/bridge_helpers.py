@@ -31,7 +31,7 @@ def planned(overrides: Mapping[str, Mapping[str, Any]] | None = None, *, hardwar
     model. Unless the overrides say otherwise, the plan keeps this process's
     thread count and, without a loader, loading in the main process (there
     is no loader to rebuild): what is left are the settings a test asks for."""
-    from autotune.context import Workload
+    from autotune.plugin.context import Workload
     from autotune.planner import make_plan
     from autotune.testing import cpu_laptop
 

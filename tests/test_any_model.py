@@ -1,4 +1,4 @@
-"""Any model, any batch: the step contract (autotune.contract) in the
+"""Any model, any batch: the step contract (autotune.workload.contract) in the
 engine and in measured tuning -- dict batches with the model's own loss,
 detection-style (images, target dicts) with a dict of losses, two inputs,
 a loss that needs the inputs -- and your own loop with the plan's step."""
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import autotune
 from autotune.errors import TrainingError
-from autotune.manager import BUILTIN_PLUGINS
+from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.testing import plugin_manager
 from autotune.tuner import SearchOptions, TrialOptions
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import autotune
-from autotune.manager import BUILTIN_PLUGINS
+from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.testing import plugin_manager
 from autotune.tuner import SearchOptions, TrialOptions
 

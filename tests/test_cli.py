@@ -20,9 +20,9 @@ from autotune import detect
 from cli_helpers import run_error
 from autotune.cli import build_parser, main, verbosity
 from autotune.cli.output import table, warnings_as_lines
-from autotune.hardware import Hardware
-from autotune.manager import BUILTIN_PLUGINS, PluginWarning
-from autotune.plan import Plan
+from autotune.machine.hardware import Hardware
+from autotune.plugin.manager import BUILTIN_PLUGINS, PluginWarning
+from autotune.plan.plan import Plan
 
 BUILTIN_PROFILES = {"a100", "generic_cpu", "generic_cuda", "h100", "rtx4090", "rtx5080_7950x"}
 

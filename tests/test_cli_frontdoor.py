@@ -90,13 +90,13 @@ def test_profiles_and_detect_answer_without_importing_torch(tmp_path):
 
 def test_the_check_sees_torch_when_a_command_module_imports_it():
     # The harness itself: an import of torch at the top of a command module
-    # (bench once imported autotune.workloads) is what it must catch.
-    results = fresh_run([["--version"]], preload="import autotune.workloads")
+    # (bench once imported autotune.bench.workloads) is what it must catch.
+    results = fresh_run([["--version"]], preload="import autotune.bench.workloads")
     assert first_to_import_torch(results) == ["--version"]
 
 
 def test_bench_offers_exactly_the_library_workloads():
-    from autotune.workloads import WORKLOADS
+    from autotune.bench.workloads import WORKLOADS
 
     assert WORKLOAD_NAMES == tuple(sorted(WORKLOADS))
 

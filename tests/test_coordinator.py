@@ -17,7 +17,7 @@ from autotune.coordinator import client as job_client
 from autotune.coordinator.allocator import Demand, Observation, allocate
 from autotune.coordinator.protocol import MAX_MESSAGE_BYTES, ProtocolError, encode, parse
 from autotune.coordinator.server import Coordinator
-from autotune.plan import Setting, Source
+from autotune.plan.plan import Setting, Source
 
 O = Observation
 
@@ -169,7 +169,7 @@ def small_job(plugin, samples=64):
 
 
 def engine_for(tuned, **kwargs):
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
     return Engine(tuned.model, torch.optim.SGD(tuned.model.parameters(), lr=0.01),
                   torch.nn.functional.cross_entropy, tuned.plan, manager=tuned.manager,
@@ -244,7 +244,7 @@ def test_a_slower_live_setting_is_reverted_and_not_tried_again(coordinator):
 
 
 def test_a_proposal_that_changes_what_is_trained_is_refused(coordinator):
-    from autotune.knobs import Effect, Knob
+    from autotune.plan.knobs import Effect, Knob
 
     class Smoothing:
         """Owns a knob that changes what is trained, and proposes it live."""
@@ -283,9 +283,9 @@ def test_a_proposal_that_changes_what_is_trained_is_refused(coordinator):
 
 
 def test_a_machine_share_from_a_plugin_sizes_every_plugin_and_the_search():
-    from autotune.context import Workload
+    from autotune.plugin.context import Workload
     from autotune.planner import make_plan
-    from autotune.resources import Share
+    from autotune.plan.resources import Share
     from autotune.testing import cpu_laptop
 
     class Broker:
@@ -368,8 +368,8 @@ def test_an_epoch_that_overlapped_a_new_share_is_not_reported():
     """Round 2 of the benchmark once taught the daemon that a job gains
     nothing from two threads: its two-thread epoch had run beside a job
     that had just arrived. Only epochs run wholly under the latest share count."""
-    from autotune.live import LiveAdapter
-    from autotune.resources import Share
+    from autotune.live.adapter import LiveAdapter
+    from autotune.plan.resources import Share
 
     tuned = small_job(Slowdown())
     engine = engine_for(tuned)
@@ -392,8 +392,8 @@ def test_an_epoch_that_overlapped_a_new_share_is_not_reported():
 
 
 def test_fewer_threads_are_taken_at_the_next_step_more_at_the_epoch_boundary():
-    from autotune.live import LiveAdapter
-    from autotune.resources import Share
+    from autotune.live.adapter import LiveAdapter
+    from autotune.plan.resources import Share
 
     tuned = small_job(Slowdown())
     engine = engine_for(tuned)

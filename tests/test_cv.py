@@ -11,7 +11,7 @@ import torch
 
 import autotune
 from autotune.cv import CrossValidationError, accuracy
-from autotune.plan import Source
+from autotune.plan.plan import Source
 from cv_helpers import (DieOnFold, FailOnFold, LoggingModelFn, omp_env_in_fold, sgd,
                         threads_in_fold, tiny_mlp, toy_dataset)
 

@@ -8,8 +8,8 @@ import torch
 
 import autotune
 from autotune.cv.schedule import decide
-from autotune.hardware import GIB
-from autotune.plan import Source
+from autotune.machine.hardware import GIB
+from autotune.plan.plan import Source
 from autotune.planner import make_plan
 from autotune.plugins import parallel_folds as rules
 from autotune.testing import cpu_laptop, fake_cpu, fake_hardware, h100_box, plugin_manager
@@ -124,7 +124,7 @@ class FoldsInThreads:
 
     @autotune.hookimpl
     def autotune_fold_schedule(self, plan, folds, backend, device):
-        from autotune.resources import FoldPlan
+        from autotune.plan.resources import FoldPlan
 
         self.asked.append({"folds": folds, "backend": backend, "device": device})
         return FoldPlan(backend="threading", concurrency=2, threads_per_fold=1,
@@ -187,7 +187,7 @@ def test_a_fold_schedule_that_is_no_fold_plan_fails_that_plugin_only():
 
     hardware = fake_hardware(cpu=fake_cpu(physical_cores=16, logical_cores=16))
     plan = make_plan(hardware=hardware).plan
-    with pytest.warns(autotune.manager.PluginWarning, match="broken_scheduler.*FoldPlan"):
+    with pytest.warns(autotune.plugin.manager.PluginWarning, match="broken_scheduler.*FoldPlan"):
         schedule = decide(plan, hardware, folds_to_run=5, device="cpu",
                           manager=plugin_manager(plugins=[Broken()]),
                           estimate_fold_seconds=lambda: 30.0)
@@ -195,7 +195,7 @@ def test_a_fold_schedule_that_is_no_fold_plan_fails_that_plugin_only():
 
 
 def test_a_resource_share_caps_threads_and_loader_workers():
-    from autotune.resources import Share, share_plan
+    from autotune.plan.resources import Share, share_plan
 
     hardware = fake_hardware(cpu=fake_cpu(physical_cores=16, logical_cores=16))
     planned = make_plan(hardware=hardware, manager=plugin_manager(),
@@ -222,7 +222,7 @@ def test_a_resource_share_caps_threads_and_loader_workers():
 
 
 def test_share_and_fold_plan_refuse_nonsense():
-    from autotune.resources import FoldPlan, Share
+    from autotune.plan.resources import FoldPlan, Share
 
     with pytest.raises(ValueError, match="Share.threads must be an integer >= 1"):
         Share(threads=0)

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import distributed
-from autotune.plan import Plan
+from autotune.plan.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ddp_train.py"
@@ -79,8 +79,8 @@ def test_only_rank_zero_writes_files_and_logs(ddp_run):
     assert len(history["epochs"]) == 2
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["counters"]["optimizer_steps"] == 8
-    assert "autotune.engine: epoch 2/2" in stderr[0]
-    assert "autotune.engine" not in stderr[1] and "autotune.planner" not in stderr[1]
+    assert "autotune.engine.engine: epoch 2/2" in stderr[0]
+    assert "autotune.engine.engine" not in stderr[1] and "autotune.planner" not in stderr[1]
 
 
 # -- the helpers without torchrun ---------------------------------------------------------
@@ -124,8 +124,8 @@ def test_share_cores_divides_threads_among_local_ranks(monkeypatch):
 def test_share_cores_asks_every_plugin_in_the_plan_for_its_share(monkeypatch):
     import autotune
     from autotune.planner import make_plan
-    from autotune.plan import default
-    from autotune.resources import Share
+    from autotune.plan.plan import default
+    from autotune.plan.resources import Share
     from autotune.testing import fake_cpu, fake_hardware, plugin_manager
 
     class Pool:
@@ -158,7 +158,7 @@ def test_compile_wraps_the_ddp_module_once(monkeypatch):
     goes over DistributedDataParallel through autotune_wrap_distributed."""
     import socket
 
-    from autotune.batches import find_ddp, is_compiled
+    from autotune.workload.batches import find_ddp, is_compiled
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

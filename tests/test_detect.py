@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from autotune import detect
-from autotune.cgroups import cgroup_cpu_quota, cgroup_memory_limit
-from autotune.detect import _gpus_from_torch, _read_proc_cpuinfo, usable_cpu_count, visible_gpus
-from autotune.hardware import GIB, Hardware, Memory
+from autotune.machine.cgroups import cgroup_cpu_quota, cgroup_memory_limit
+from autotune.machine.detect import _gpus_from_torch, _read_proc_cpuinfo, usable_cpu_count, visible_gpus
+from autotune.machine.hardware import GIB, Hardware, Memory
 from autotune.testing import cpu_laptop, fake_cpu, fake_gpu, fake_hardware, h100_box, rtx5080_7950x
 
 NO_PROC = Path("/nonexistent/proc/self/cgroup")

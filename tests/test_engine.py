@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import autotune
-from autotune.engine import Engine
+from autotune.engine.engine import Engine
 from autotune.errors import AutotuneError, TrainingError
-from autotune.history import History
-from autotune.plan import Plan
-from autotune.progress import progress_enabled
+from autotune.engine.history import History
+from autotune.plan.plan import Plan
+from autotune.display.progress import progress_enabled
 from autotune.plugins import clipping, mixed_precision
 from autotune.testing import plugin_manager
 

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import autotune
-from autotune.batches import is_compiled
-from autotune.engine import Engine
+from autotune.workload.batches import is_compiled
+from autotune.engine.engine import Engine
 from autotune.testing import plugin_manager
 
 OTHERS = ("threads", "mixed_precision", "accumulation", "clipping", "channels_last",

@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import hookimpl
-from autotune.context import Workload
-from autotune.engine import Engine
+from autotune.plugin.context import Workload
+from autotune.engine.engine import Engine
 from autotune.errors import TrainingError
-from autotune.manager import BUILTIN_PLUGINS
-from autotune.plan import Setting, default
+from autotune.plugin.manager import BUILTIN_PLUGINS
+from autotune.plan.plan import Setting, default
 from autotune.planner import make_plan
 from autotune.testing import plugin_manager
 
@@ -346,7 +346,7 @@ def test_the_events_of_one_step_in_order() -> None:
 
 def test_a_failed_step_is_offered_to_the_plugins_and_retried() -> None:
     """The compile plugin's fallback, through the hook any plugin has."""
-    from autotune.step import Recovery
+    from autotune.engine.step import Recovery
 
     class FailsOnce(nn.Module):
         def __init__(self) -> None:

@@ -27,7 +27,7 @@ def test_example_prints_per_epoch_metrics(name, argv, capsys, tmp_path) -> None:
 
     if name == "train_cnn":
         argv += ["--history", str(tmp_path)]
-    engine_log = logging.getLogger("autotune.engine")
+    engine_log = logging.getLogger("autotune.engine.engine")
     handlers = list(engine_log.handlers)
     try:
         load(name).main(argv)

@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import autotune
 from autotune import make_plan
-from autotune.context import Workload
+from autotune.plugin.context import Workload
 from autotune.testing import (a100_box, fake_gpu, fake_hardware, h100_box, plugin_manager,
                               requires, rtx4090_box, rtx5080_7950x)
 from autotune.tuner.search import search_groups
-from autotune.workloads import resnet18_cifar
+from autotune.bench.workloads import resnet18_cifar
 
 #: Preset, the profile it matches, its loader-worker range (profiles/*.yaml).
 GPU_BOXES = [(h100_box, "h100"), (a100_box, "a100"), (rtx4090_box, "rtx4090"),

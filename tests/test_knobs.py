@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from autotune import hookimpl, make_plan
-from autotune.context import Workload
-from autotune.knobs import Effect, Knob
-from autotune.manager import BUILTIN_PLUGINS
-from autotune.plan import Plan, Setting, Source
+from autotune.plugin.context import Workload
+from autotune.plan.knobs import Effect, Knob
+from autotune.plugin.manager import BUILTIN_PLUGINS
+from autotune.plan.plan import Plan, Setting, Source
 from autotune.testing import cpu_laptop, h100_box, plugin_manager
 
 
@@ -178,7 +178,7 @@ def test_apply_refuses_an_override_before_touching_the_model() -> None:
 
 def test_a_third_party_knob_declares_what_it_accepts() -> None:
     from autotune.errors import PlanError
-    from autotune.knobs import whole_number
+    from autotune.plan.knobs import whole_number
 
     class Picky(Dropper):
         NAME = "picky"
@@ -197,7 +197,7 @@ def test_a_third_party_knob_declares_what_it_accepts() -> None:
 
 
 def test_knob_choices_and_checks() -> None:
-    from autotune.knobs import positive_number, true_or_false, whole_number
+    from autotune.plan.knobs import positive_number, true_or_false, whole_number
 
     knob = Knob(off="a", choices=["a", "b", None])
     assert knob.choices == ("a", "b", None) and knob.problem("b") is None

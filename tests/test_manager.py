@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import hookimpl, make_plan
-from autotune.context import Context
+from autotune.plugin.context import Context
 from autotune.errors import PluginError, ProfileError
-from autotune.manager import BUILTIN_PLUGINS, PluginManager, PluginWarning
-from autotune.plan import default
+from autotune.plugin.manager import BUILTIN_PLUGINS, PluginManager, PluginWarning
+from autotune.plan.plan import default
 from autotune.profile import load_profiles
 from autotune.testing import HookRecorder, cpu_laptop, plugin_manager, rtx5080_7950x
 
@@ -42,7 +42,7 @@ def install_fake_distribution(root: Path, dist: str, module: str, source: str,
 
 FAKE_PLUGIN = """
 from autotune import hookimpl
-from autotune.plan import default
+from autotune.plan.plan import default
 
 @hookimpl
 def autotune_configure(context):
@@ -347,7 +347,7 @@ def test_autotune_setup_engine_gets_engine_and_plan():
         plugins=[recorder], disable=BUILTIN_PLUGINS))
     from torch import nn
 
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
     model = nn.Linear(2, 2)
     engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.functional.mse_loss,

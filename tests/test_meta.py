@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune import hookspecs
-from autotune.manager import BUILTIN_PLUGINS, HOOK_NAMES
+from autotune.plugin import hookspecs
+from autotune.plugin.manager import BUILTIN_PLUGINS, HOOK_NAMES
 from autotune.profile import schema_path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from autotune.context import Workload
-from autotune.engine import Engine
+from autotune.plugin.context import Workload
+from autotune.engine.engine import Engine
 from autotune.planner import make_plan
 from autotune.plugins import optimizer as optimizer_plugin
 from autotune.testing import plugin_manager

@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import make_plan
-from autotune.context import Workload
+from autotune.plugin.context import Workload
 from autotune.errors import PlanError
-from autotune.knobs import Effect
-from autotune.manager import BUILTIN_PLUGINS
-from autotune.plan import Plan, Setting, Source
+from autotune.plan.knobs import Effect
+from autotune.plugin.manager import BUILTIN_PLUGINS
+from autotune.plan.plan import Plan, Setting, Source
 from autotune.testing import (a100_box, cpu_laptop, fake_cpu, fake_gpu, fake_hardware, h100_box,
                               plugin_manager, rtx4090_box, rtx5080_7950x)
 
@@ -302,8 +302,8 @@ def test_with_values_force_replaces_an_override_and_keeps_the_effect():
 
 def test_a_plugin_recomputes_what_follows_its_overridden_key_through_the_hook():
     import autotune
-    from autotune.manager import PluginWarning
-    from autotune.plan import default
+    from autotune.plugin.manager import PluginWarning
+    from autotune.plan.plan import default
     from autotune.testing import plugin_manager
 
     class Cache:

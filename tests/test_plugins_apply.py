@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 import autotune
-from autotune.manager import BUILTIN_PLUGINS
+from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.testing import plugin_manager
 
 BATCH = 4
@@ -182,7 +182,7 @@ def check_clipping(run: Run, on: bool) -> None:
 
 
 def check_compile(run: Run, on: bool) -> None:
-    from autotune.batches import is_compiled
+    from autotune.workload.batches import is_compiled
 
     assert is_compiled(run.tuned.model) is on
     assert (run.graphs_compiled > 0) is on

@@ -16,7 +16,7 @@ import torch
 
 from autotune import make_plan
 from autotune.errors import ProfileError
-from autotune.manager import BUILTIN_PLUGINS
+from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.testing import cpu_laptop, plugin_manager, rtx5080_7950x
 from venv_helpers import clean_env, install_in_throwaway_venv, load_from_source
 
@@ -102,7 +102,7 @@ def _load_seed_module():
 def _seed_engine(seed, overrides, model=None):
     from torch import nn
 
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
     # Only the seed plugin, in a real engine.
     manager = plugin_manager(plugins=[seed], disable=BUILTIN_PLUGINS)

@@ -347,7 +347,7 @@ def test_the_throw_away_install_stays_out_of_the_main_environment(venv_python):
             location = Path(dist.locate_file("")).resolve()
             assert location != venv_root and venv_root not in location.parents
     # Nor does this process see the two plugins.
-    from autotune.manager import PluginManager
+    from autotune.plugin.manager import PluginManager
 
     names = PluginManager(autoload=True).names()
     assert "sdpa" not in names and "collate" not in names

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import autotune
-from autotune.plan import Source
+from autotune.plan.plan import Source
 from autotune.testing import plugin_manager, rtx5080_7950x
 
 

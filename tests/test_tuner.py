@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import autotune
 from autotune import hookimpl
-from autotune.context import Workload
-from autotune.knobs import LOADER, Knob
-from autotune.manager import BUILTIN_PLUGINS
-from autotune.plan import Setting, Source
+from autotune.plugin.context import Workload
+from autotune.plan.knobs import LOADER, Knob
+from autotune.plugin.manager import BUILTIN_PLUGINS
+from autotune.plan.plan import Setting, Source
 from autotune.planner import make_plan
 from autotune.testing import plugin_manager
 from autotune.tuner import SearchOptions, Status, TrialOptions, tune

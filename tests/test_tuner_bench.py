@@ -9,9 +9,9 @@ from datetime import datetime
 import pytest
 
 from autotune.cli import main
-from autotune.tuner.bench import BenchResult, plot_bench
+from autotune.bench.runner import BenchResult, plot_bench
 from autotune.tuner.report import TuningReport
-from autotune.workloads import WORKLOADS, get_workload
+from autotune.bench.workloads import WORKLOADS, get_workload
 
 QUICK = ["bench", "--workload", "mlp", "--budget", "3", "--rounds", "1", "--chunk-s", "0.05",
          "--no-progress"]
@@ -94,7 +94,7 @@ def test_every_workload_builds_and_trains_one_step(name) -> None:
 
 
 def test_plot_labels_keep_what_tells_trials_apart() -> None:
-    from autotune.tuner.bench import short_label
+    from autotune.bench.runner import short_label
 
     assert short_label({}) == "PyTorch defaults"
     assert short_label({"mixed_precision": {"dtype": "bf16"}, "compile": {"mode": "default"},

@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import hookimpl
-from autotune.context import Workload
+from autotune.plugin.context import Workload
 from autotune.errors import TrainingError
-from autotune.manager import BUILTIN_PLUGINS
-from autotune.plan import Setting, Source
+from autotune.plugin.manager import BUILTIN_PLUGINS
+from autotune.plan.plan import Setting, Source
 from autotune.planner import make_plan
 from autotune.testing import plugin_manager
 from autotune.tuner import SearchOptions, TrialOptions, find_batch_size, tune

@@ -61,7 +61,7 @@ def changes(tuned: Any) -> list[Change]:
     fold schedule) are not a trainer's business and are left out. A key
     without a knob counts as a change when its value is set (not None or
     False)."""
-    from autotune.knobs import PROCESS
+    from autotune.plan.knobs import PROCESS
 
     plan = tuned.plan
     try:
@@ -179,8 +179,8 @@ class Runtime:
             self._undo.pop()()
 
     def _threads(self) -> list[str]:
-        from autotune.report import Kind
-        from autotune.resources import set_threads
+        from autotune.plan.report import Kind
+        from autotune.plan.resources import set_threads
 
         values = self.tuned.plan.values("threads")
         intra, inter = values.get("intra_op"), values.get("inter_op")
@@ -202,7 +202,7 @@ class Runtime:
     def _channels_last(self, module: Any) -> list[str]:
         import torch
 
-        from autotune.batches import has_conv2d, unwrap_model
+        from autotune.workload.batches import has_conv2d, unwrap_model
 
         if not self.tuned.plan.get("channels_last", "enabled", False):
             return []

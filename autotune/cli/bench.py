@@ -7,7 +7,7 @@ import argparse
 from autotune.cli.arguments import at_least, output_file, seconds
 from autotune.cli.output import print_json, warnings_as_lines
 
-#: The names of :data:`autotune.workloads.WORKLOADS`, written out so that
+#: The names of :data:`autotune.bench.workloads.WORKLOADS`, written out so that
 #: building this parser (``autotune --help``) does not import torch; a test
 #: keeps the two lists equal.
 WORKLOAD_NAMES = ("cnn", "mlp", "transformer")
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.tuner.bench import plot_bench, run_bench
+    from autotune.bench.runner import plot_bench, run_bench
     from autotune.tuner.trial import TrialOptions
     with warnings_as_lines():
         result = run_bench(args.workload, budget_s=args.budget, grid=args.grid,

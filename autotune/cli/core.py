@@ -15,8 +15,8 @@ from autotune.cli.output import key_values, print_json, table, warnings_as_lines
 from autotune.errors import PlanError
 
 if TYPE_CHECKING:
-    from autotune.hardware import Hardware
-    from autotune.manager import PluginManager
+    from autotune.machine.hardware import Hardware
+    from autotune.plugin.manager import PluginManager
     from autotune.planner import Planned
     from autotune.profile import MatchResult, Profile, Recommendation
 
@@ -64,14 +64,14 @@ def _disabled(args: argparse.Namespace) -> list[str]:
 
 
 def _manager(args: argparse.Namespace) -> PluginManager:
-    from autotune.manager import PluginManager
+    from autotune.plugin.manager import PluginManager
 
     return PluginManager(disable=_disabled(args), strict=getattr(args, "strict", False),
                          disabled_by="--disable")
 
 
 def _recommend(args: argparse.Namespace) -> tuple[Hardware, dict[str, Profile], Recommendation]:
-    from autotune.detect import detect
+    from autotune.machine.detect import detect
     from autotune.profile import load_profiles, recommend
 
     manager = _manager(args)
@@ -136,7 +136,7 @@ def detect_json(hardware: Hardware, rec: Recommendation) -> dict[str, Any]:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from autotune.hardware import GIB
+    from autotune.machine.hardware import GIB
 
     hardware, _, rec = _recommend(args)
     if args.json:
@@ -301,7 +301,7 @@ def _show(value: Any) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from autotune.plan import Source
+    from autotune.plan.plan import Source
 
     planned = _planned(args)
     plan = planned.plan

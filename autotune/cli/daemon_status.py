@@ -10,7 +10,7 @@ from typing import Any
 
 from autotune.cli.output import print_json
 from autotune.coordinator.protocol import LineReader, encode, parse, socket_path
-from autotune.tables import table
+from autotune.display.tables import table
 
 JSON_VERSION = 1
 

@@ -10,7 +10,7 @@ import warnings
 from typing import Any, Iterator, TextIO
 
 # The tables are library code (the tuner prints them too); re-exported here.
-from autotune.tables import key_values, table, wrapped_table
+from autotune.display.tables import key_values, table, wrapped_table
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:

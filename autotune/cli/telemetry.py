@@ -16,7 +16,7 @@ from typing import Any, Sequence, TextIO
 from autotune.cli.arguments import at_least, output_file, seconds
 from autotune.cli.output import key_values, print_json
 from autotune.errors import AutotuneError
-from autotune.hardware import GIB
+from autotune.machine.hardware import GIB
 
 JSON_VERSION = 1
 

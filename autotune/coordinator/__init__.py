@@ -9,7 +9,7 @@ cores among the jobs that register with it, by what each measured.
 The ``daemon`` plugin (plugins/daemon.py) is what connects a job: it
 registers in ``autotune_configure`` when a daemon listens, hands the share
 to the plan through ``autotune_machine_share`` and, at epoch boundaries,
-takes new shares and measures speed-only changes (autotune.live).
+takes new shares and measures speed-only changes (autotune.live.adapter).
 See docs/daemon.md.
 """
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 
 from autotune.cv.errors import CrossValidationError
 from autotune.cv.fold import FoldOutcome, FoldTask, run_fold
-from autotune.resources import FOLD_BACKENDS
+from autotune.plan.resources import FOLD_BACKENDS
 
 log = logging.getLogger("autotune.cv")
 
@@ -162,7 +162,7 @@ def _accepts_n_workers(client: Any) -> bool:
 
 
 def _usable_cores() -> int:
-    from autotune.detect import detect
+    from autotune.machine.detect import detect
 
     return detect().cpu.worker_budget
 

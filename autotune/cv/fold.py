@@ -27,11 +27,11 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from autotune.context import Context, Workload
+from autotune.plugin.context import Context, Workload
 from autotune.cv.result import FoldFailure, FoldResult
 from autotune.cv.splits import Fold
-from autotune.plan import Plan
-from autotune.resources import Share, set_threads, share_plan
+from autotune.plan.plan import Plan
+from autotune.plan.resources import Share, set_threads, share_plan
 
 log = logging.getLogger("autotune.cv")
 
@@ -185,9 +185,9 @@ def _build(task: FoldTask, dataset: Any) -> _Built:
     from torch.utils.data import DataLoader, Subset
 
     from autotune.applying import apply_plan
-    from autotune.detect import detect
-    from autotune.manager import PluginManager
-    from autotune.report import Kind, Report
+    from autotune.machine.detect import detect
+    from autotune.plugin.manager import PluginManager
+    from autotune.plan.report import Kind, Report
 
     plan = Plan.from_dict(task.plan)
     report = Report()
@@ -268,7 +268,7 @@ def estimate_fold_seconds(task: FoldTask, steps: int = 3, dataset: Any = None) -
 
 
 def _train(task: FoldTask, dataset: Any) -> tuple[FoldResult, bytes | None]:
-    from autotune.report import Kind
+    from autotune.plan.report import Kind
 
     built = _build(task, dataset)
     device = built.device

@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from autotune.history import EpochMetrics, History
-from autotune.plan import Plan
+from autotune.engine.history import EpochMetrics, History
+from autotune.plan.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class FoldResult:
     #: Validation metrics after the last epoch: ``val_loss``, one entry per
     #: ``metrics=`` function (``val_<name>``), and ``train_loss``.
     metrics: Mapping[str, float]
-    #: Per-epoch training history (see :class:`autotune.history.EpochMetrics`).
+    #: Per-epoch training history (see :class:`autotune.engine.history.EpochMetrics`).
     history: tuple[EpochMetrics, ...]
     train_size: int
     val_size: int

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from autotune.context import Context, Workload
+from autotune.plugin.context import Context, Workload
 from autotune.cv.backends import BackendFailure, run_dask, run_joblib, run_sequential
 from autotune.cv.errors import CrossValidationError
 from autotune.cv.fold import (FoldOutcome, FoldTask, default_loss, default_optimizer,
@@ -19,10 +19,10 @@ from autotune.cv.result import CVResult, FoldFailure, FoldResult, aggregate
 from autotune.cv.schedule import Schedule, decide
 from autotune.cv.splits import fold_assignment, kfold, labels_from_dataset, split_digest
 from autotune.cv.store import Manifest, RunStore, plan_digest
-from autotune.hardware import Hardware
-from autotune.manager import PluginManager
-from autotune.plan import Plan
-from autotune.progress import bar, progress_enabled
+from autotune.machine.hardware import Hardware
+from autotune.plugin.manager import PluginManager
+from autotune.plan.plan import Plan
+from autotune.display.progress import bar, progress_enabled
 
 log = logging.getLogger("autotune.cv")
 
@@ -32,7 +32,7 @@ def context_for_plan(plan: Plan, workload: Workload | None = None,
     """A planning context for a plan made elsewhere: this machine's hardware
     and the profile the plan names (the matching one when it names none
     that is known here)."""
-    from autotune.detect import detect
+    from autotune.machine.detect import detect
     from autotune.errors import ProfileError
     from autotune.profile import get_profile, load_profiles, recommend
 

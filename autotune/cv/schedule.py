@@ -22,13 +22,13 @@ import torch
 
 from autotune.cv.backends import BACKENDS, dask_threads_per_fold, default_client
 from autotune.cv.errors import CrossValidationError
-from autotune.hardware import Hardware
-from autotune.plan import Plan
-from autotune.resources import FoldPlan, Share, share_plan
+from autotune.machine.hardware import Hardware
+from autotune.plan.plan import Plan
+from autotune.plan.resources import FoldPlan, Share, share_plan
 
 if TYPE_CHECKING:  # pragma: no cover
-    from autotune.context import Context
-    from autotune.manager import PluginManager
+    from autotune.plugin.context import Context
+    from autotune.plugin.manager import PluginManager
 
 log = logging.getLogger("autotune.cv")
 
@@ -115,7 +115,7 @@ def decide(plan: Plan, hardware: Hardware, *, folds_to_run: int, backend: Any = 
     _check_count("threads_per_fold", threads_per_fold)
     target = _resolve_device(device)
     if manager is None:
-        from autotune.manager import PluginManager
+        from autotune.plugin.manager import PluginManager
 
         manager = PluginManager()
     manager.load()

@@ -202,7 +202,7 @@ def run_daemon(options: DaemonOptions,
 def usable_cpus(cores: int | None = None) -> list[int]:
     """The cpu ids to share: this process's affinity, cut to its CPU quota
     (cgroups) or to ``cores``."""
-    from autotune.detect import detect
+    from autotune.machine.detect import detect
 
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else list(range(os.cpu_count() or 1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autotune.hardware import GIB
+from autotune.machine.hardware import GIB
 from autotune.telemetry.timeline import Summary, Timeline
 
 #: RAM or GPU memory above this share of the total is memory-bound.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from autotune.hardware import GIB
+from autotune.machine.hardware import GIB
 from autotune.telemetry.timeline import Timeline
 
 

@@ -95,7 +95,7 @@ class Sample:
 
 
 def usable_cores() -> float:
-    from autotune.detect import detect  # cached; import here keeps this module light
+    from autotune.machine.detect import detect  # cached; import here keeps this module light
 
     return detect().cpu.usable_cores
 

@@ -27,7 +27,7 @@ DEFAULT_STEP_CAPACITY = 100_000
 
 
 class TrainingMonitor:
-    """Implements the engine's monitor protocol (``autotune.step.Monitor``).
+    """Implements the engine's monitor protocol (``autotune.engine.step.Monitor``).
 
     ``interval_s``: seconds between hardware samples. ``out``: a directory
     for ``timeline.jsonl`` (streamed) and ``timeline.png`` (at stop), or

@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from autotune.errors import AutotuneError
-from autotune.loaders import rebuild_loader
-from autotune.plan import Plan, Setting, Source
+from autotune.workload.loaders import rebuild_loader
+from autotune.plan.plan import Plan, Setting, Source
 from autotune.tuner.state import Snapshot
 from autotune.tuner.trial import classify_failure, is_oom
 
@@ -58,7 +58,7 @@ class BatchSizeResult:
 
 def with_batch_size(loader: DataLoader, batch_size: int, *, num_workers: int | None = None) -> DataLoader:
     """A DataLoader like ``loader`` but with another batch size (and, with
-    ``num_workers``, another worker count): :func:`autotune.loaders.rebuild_loader`,
+    ``num_workers``, another worker count): :func:`autotune.workload.loaders.rebuild_loader`,
     so everything else the user set (sampler, timeout, in_order...) is kept."""
     if type(loader) is not DataLoader or loader.batch_size is None:
         raise AutotuneError("batch-size search needs a torch DataLoader built with batch_size=... "
@@ -118,13 +118,13 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     one the budget stops ends the search with what fitted so far."""
     from autotune.tuner.budget import BudgetStop, run_bounded
     from autotune.applying import resolve_device
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
     if not 0 < safety_margin <= 1:
         raise AutotuneError(f"safety_margin must be in (0, 1], got {safety_margin}")
     plan = plan if plan is not None else Plan()
     if manager is None:
-        from autotune.manager import PluginManager
+        from autotune.plugin.manager import PluginManager
 
         manager = PluginManager()
     start = int(loader.batch_size or 0)
@@ -219,7 +219,7 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
 def _probe_eval(model: Any, optimizer: Any, loss_fn: Any, plan: Plan, manager: Any, context: Any,
                 device: torch.device, val_loader: DataLoader, size: int,
                 snapshot: Snapshot) -> tuple[bool, str]:
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
     snapshot.restore()
     engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,

@@ -65,7 +65,7 @@ def _tensor_signature(obj: Any) -> Any:
 
 
 def model_signature(model: torch.nn.Module) -> dict[str, Any]:
-    from autotune.batches import unwrap_model
+    from autotune.workload.batches import unwrap_model
 
     module = unwrap_model(model)
     return {

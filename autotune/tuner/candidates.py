@@ -28,8 +28,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from autotune.knobs import LOADER, STEP, Knob, Knobs
-from autotune.plan import Plan, Source
+from autotune.plan.knobs import LOADER, STEP, Knob, Knobs
+from autotune.plan.plan import Plan, Source
 
 #: The prior for a third-party plugin that offers candidates.
 UNKNOWN_PRIOR = 0.1

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import torch
 
 from autotune.errors import AutotuneError, TrainingError
-from autotune.plan import Plan
-from autotune.report import Kind, Report
+from autotune.plan.plan import Plan
+from autotune.plan.report import Kind, Report
 from autotune.tuner.budget import Budget
 from autotune.tuner.report import TuningReport
 from autotune.tuner.search import SearchOptions
@@ -40,8 +40,8 @@ def wants_tuning(tune: Any, loader: Any, optimizer: Any, loss_fn: Any,
     was given: a loader, the optimizer and the loss function -- and the
     loader can be iterated more than once (a generator cannot: tuning is
     then skipped with a warning, or refused with ``tune=True``)."""
-    from autotune.contract import StepContract
-    from autotune.loaders import one_shot
+    from autotune.workload.contract import StepContract
+    from autotune.workload.loaders import one_shot
 
     # A step contract with neither loss_fn nor step_fn means "the model's
     # own loss": measured when asked for (tune=True), never by default.

@@ -167,7 +167,7 @@ class TuningReport:
     def table(self, width: int = TABLE_WIDTH) -> str:
         """The trials as an aligned table at most ``width`` columns wide
         (settings and verdicts wrap), then the winner and break-even."""
-        from autotune.tables import wrapped_table
+        from autotune.display.tables import wrapped_table
 
         rows = []
         for t in self.trials:

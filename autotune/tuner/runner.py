@@ -27,9 +27,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from autotune.knobs import Knob
-from autotune.plan import Plan
-from autotune.progress import bar, progress_enabled
+from autotune.plan.knobs import Knob
+from autotune.plan.plan import Plan
+from autotune.display.progress import bar, progress_enabled
 from autotune.tuner.budget import Budget, BudgetStop, run_bounded
 from autotune.tuner.candidates import Config
 from autotune.tuner.report import Trial

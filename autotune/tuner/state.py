@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from autotune.resources import THREAD_ENV_VARIABLES as THREAD_VARIABLES
+from autotune.plan.resources import THREAD_ENV_VARIABLES as THREAD_VARIABLES
 
 log = logging.getLogger("autotune.tuner")
 
@@ -220,7 +220,7 @@ class Snapshot:
     @classmethod
     def capture(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                 loader: Any = None) -> "Snapshot":
-        from autotune.batches import unwrap_model
+        from autotune.workload.batches import unwrap_model
 
         module = unwrap_model(model)
         seen: set[int] = set()

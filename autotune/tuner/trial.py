@@ -1,7 +1,7 @@
 """One measured trial: real training steps through the engine, loader included.
 
 A trial applies a candidate plan to the user's own model and DataLoader
-(``apply_plan``), builds the shared :class:`~autotune.engine.Engine` on the
+(``apply_plan``), builds the shared :class:`~autotune.engine.engine.Engine` on the
 user's optimizer and loss, and calls ``engine.fit`` on the (rebuilt)
 loader. A :class:`ChunkTimer` -- the engine's ``monitor`` -- sees every
 micro-step:
@@ -40,8 +40,8 @@ from typing import Any, Callable
 
 import torch
 
-from autotune.plan import Plan
-from autotune.report import Report
+from autotune.plan.plan import Plan
+from autotune.plan.report import Report
 
 log = logging.getLogger("autotune.tuner")
 
@@ -348,7 +348,7 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
     forward for trial after trial would hit dynamo's recompile limit and
     silently run eagerly."""
     from autotune.applying import apply_plan
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
     progress = progress if progress is not None else TrialProgress()
     clock = options.clock
@@ -356,7 +356,7 @@ def run_trial(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimi
     report = Report()
     if reset_compiler:
         torch._dynamo.reset()
-    from autotune.contract import StepContract
+    from autotune.workload.contract import StepContract
 
     watch = _LossWatch()
     contract = StepContract.of(loss_fn).observed(watch)

@@ -25,10 +25,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from autotune.contract import StepContract
+from autotune.workload.contract import StepContract
 from autotune.errors import AutotuneError
-from autotune.loaders import one_shot, peek_batch
-from autotune.plan import Plan, _kind
+from autotune.workload.loaders import one_shot, peek_batch
+from autotune.plan.plan import Plan, _kind
 from autotune.tuner.budget import Budget
 from autotune.tuner.cache import (TuningCache, batch_signature, loader_signature, make_key,
                                   model_signature, optimizer_signature)
@@ -153,7 +153,7 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     :param options: search and trial options (noise margin, chunks...).
     """
     from autotune.applying import resolve_device
-    from autotune.batches import model_device
+    from autotune.workload.batches import model_device
 
     _check(model, loader, optimizer, loss_fn)
     budget = budget if budget is not None else Budget(budget_s)

@@ -21,7 +21,7 @@ def workloads(smoke: bool = False) -> dict[str, Any]:
     from torch import nn
     from torch.utils.data import TensorDataset
 
-    from autotune.workloads import (AugmentedImages, ReferenceWorkload, TokenSequences,
+    from autotune.bench.workloads import (AugmentedImages, ReferenceWorkload, TokenSequences,
                                     TransformerLM, lm_loss, resnet18_cifar, resnet50)
 
     @dataclass(frozen=True)

@@ -41,10 +41,7 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
-from autotune import hookimpl
-from autotune.errors import ProfileError
-from autotune.knobs import Effect, Knob
-from autotune.plan import Setting, default, from_profile
+from autotune.sdk import Effect, Knob, ProfileError, Setting, default, from_profile, hookimpl
 
 NAME = "seed"
 CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"

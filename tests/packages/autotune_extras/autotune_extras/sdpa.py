@@ -21,13 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from autotune import hookimpl
-from autotune.context import Context
-from autotune.errors import ProfileError
-from autotune.knobs import STEP, Effect, Knob
-from autotune.options import parse_options
-from autotune.plan import Setting, default, from_profile
-from autotune.report import Kind
+from autotune.sdk import (
+    STEP, Context, Effect, Kind, Knob, ProfileError, Setting, default, from_profile, hookimpl,
+    parse_options)
 
 NAME = "sdpa"
 #: The plan's values; ``None``: torch picks the kernel per call.

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from autotune.plan import Plan
+    from autotune.plan.plan import Plan
 
 
 class Effect(str, enum.Enum):
@@ -213,7 +213,7 @@ def guard_plan(plan: "Plan", knobs: Knobs, *, profile_chosen: bool) -> "Plan":
     chose it by name; a measurement for anything but ``TRAINING``. Every
     setting is stamped with its knob's effect, so the plan says which ones
     change training."""
-    from autotune.plan import Setting, Source
+    from autotune.plan.plan import Setting, Source
 
     settings = {p: dict(keys) for p, keys in plan.settings.items()}
     for plugin, keys in settings.items():

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from autotune.errors import TrainingError
-from autotune.history import EpochMetrics, History
+from autotune.engine.history import EpochMetrics, History
 
 if TYPE_CHECKING:  # pragma: no cover
-    from autotune.engine import Engine
+    from autotune.engine.engine import Engine
 
 
 def engine_state(engine: "Engine") -> dict[str, Any]:

@@ -44,12 +44,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch.utils.data import DataLoader
 
-    from autotune.context import Context
-    from autotune.hardware import Hardware
-    from autotune.knobs import Knob
-    from autotune.plan import Plan, Setting
-    from autotune.report import Report
-    from autotune.resources import FoldPlan, Share
+    from autotune.plugin.context import Context
+    from autotune.machine.hardware import Hardware
+    from autotune.plan.knobs import Knob
+    from autotune.plan.plan import Plan, Setting
+    from autotune.plan.report import Report
+    from autotune.plan.resources import FoldPlan, Share
 
 PROJECT_NAME = "autotune"
 
@@ -92,7 +92,7 @@ def autotune_configure(context: "Context") -> "Mapping[str, Setting] | None":
 
     :param context: hardware, matched profile (``context.options_for(NAME)``
         gives this plugin's profile options) and workload summary.
-    :return: ``{key: Setting}``; each :class:`~autotune.plan.Setting` carries
+    :return: ``{key: Setting}``; each :class:`~autotune.plan.plan.Setting` carries
         its value, its source (default or profile) and a one-line reason.
         ``None`` or ``{}`` contributes nothing.
     """
@@ -108,7 +108,7 @@ def autotune_knobs(context: "Context") -> "Mapping[str, Knob] | None":
     :param context: as for ``autotune_configure``; the workload's live
         loader is there, for a default that depends on it.
     :return: ``{key: Knob}`` for keys this plugin proposes. A
-        :class:`~autotune.knobs.Knob` gives the ``off`` value (what
+        :class:`~autotune.plan.knobs.Knob` gives the ``off`` value (what
         PyTorch does without autotune: the tuner's baseline), its
         ``effect`` (``speed``; ``numerics``: applied only once measured or
         asked for; ``training``: changes what is trained, so only the user
@@ -202,7 +202,7 @@ def autotune_apply_optimizer(optimizer: "torch.optim.Optimizer", engine: Any,
     """Change or replace the optimizer according to the plan (fused kernels,
     a wrapper such as Lookahead).
 
-    Called when an :class:`~autotune.engine.Engine` is built (for the final
+    Called when an :class:`~autotune.engine.engine.Engine` is built (for the final
     engine and for every measured trial), before ``autotune_setup_engine``,
     once per plugin in the plan; each receives the previous result. A change
     made in place must be undone with ``engine.on_close`` (the tuner reuses
@@ -220,7 +220,7 @@ def autotune_apply_optimizer(optimizer: "torch.optim.Optimizer", engine: Any,
 def autotune_setup_engine(engine: Any, plan: "Plan") -> None:
     """Get ready to take part in this engine's steps (global flags, state).
 
-    Called when :class:`autotune.engine.Engine` is built, once per plugin in
+    Called when :class:`autotune.engine.engine.Engine` is built, once per plugin in
     the plan, before any step. Keep per-engine objects (a GradScaler, the
     eager model to fall back to) in ``engine.plugin_state(NAME)``, never in
     module globals: one process builds many engines (one per measured
@@ -373,7 +373,7 @@ def autotune_step_failed(engine: Any, error: BaseException, phase: str) -> Any:
     :param engine: the engine.
     :param error: what the step raised.
     :param phase: ``"training"`` or ``"evaluation"``.
-    :return: a :class:`autotune.step.Recovery` (``undo`` and ``done``
+    :return: a :class:`autotune.engine.step.Recovery` (``undo`` and ``done``
         callables) after changing the engine (``engine.model = ...``), or
         ``None`` to let the error propagate.
     """
@@ -429,16 +429,16 @@ def autotune_live_candidate(engine: Any, metrics: Any,
     epoch, given how the last one ran.
 
     Called at an epoch boundary of a job that shares the machine through
-    ``autotune daemon`` (autotune.live), when no other change is being
+    ``autotune daemon`` (autotune.live.adapter), when no other change is being
     measured. The change runs for one epoch and is kept only if that epoch
-    is not slower (see ``autotune.live.SLOWER_MARGIN``); otherwise it is
+    is not slower (see ``autotune.live.adapter.SLOWER_MARGIN``); otherwise it is
     reverted and not proposed again. Keys whose knob changes the numerics or
     what is trained are refused: only speed knobs change live.
 
     :param engine: the engine (``engine.plan`` is in force).
-    :param metrics: the last epoch's ``autotune.history.EpochMetrics``
+    :param metrics: the last epoch's ``autotune.engine.history.EpochMetrics``
         (samples/s, data wait).
-    :param share: the job's :class:`~autotune.resources.Share`, or ``None``.
+    :param share: the job's :class:`~autotune.plan.resources.Share`, or ``None``.
     :return: ``{key: value}`` of this plugin's keys, or ``None``.
     """
 
@@ -591,7 +591,7 @@ def autotune_batch_size_found(plan: "Plan", context: "Context", batch_size: int,
 # How training shares the machine: cross-validation folds at once, ranks of
 # a DDP job on one node, jobs of a daemon. The callers ask; the plugins that
 # own threads, loader workers or a model wrapper answer, so no core module
-# names a plugin. The typed answers live in autotune.resources.
+# names a plugin. The typed answers live in autotune.plan.resources.
 # ---------------------------------------------------------------------------
 
 
@@ -617,7 +617,7 @@ def autotune_fold_schedule(context: "Context", plan: "Plan", folds: int,
     :param plan: the plan the folds train with.
     :param folds: folds left to run (0 when every fold is already stored).
     :param backend: the backend the user asked for (one of
-        :data:`autotune.resources.FOLD_BACKENDS`), or ``None`` to choose.
+        :data:`autotune.plan.resources.FOLD_BACKENDS`), or ``None`` to choose.
     :param max_concurrent: folds at once the user asked for, or ``None``.
     :param threads_per_fold: threads per fold the user asked for, or ``None``.
     :param device: the device the folds train on (``"cuda"``: spread them
@@ -630,7 +630,7 @@ def autotune_fold_schedule(context: "Context", plan: "Plan", folds: int,
     :param dask_slots: ``f() -> (fold slots, threads per fold, why)`` of the
         current Dask cluster (connects to it on first call); for a schedule
         on ``dask``.
-    :return: a :class:`~autotune.resources.FoldPlan`; its ``settings`` (the
+    :return: a :class:`~autotune.plan.resources.FoldPlan`; its ``settings`` (the
         plugin's own) and the share it implies (``autotune_resource_share``
         of every plugin) are written into the plan every fold trains with.
         ``None`` leaves the decision to the next plugin.
@@ -650,7 +650,7 @@ def autotune_resource_share(plan: "Plan", context: "Context",
 
     :param plan: the plan as planned (earlier plugins' answers are not in it).
     :param context: hardware, profile and workload.
-    :param share: a :class:`~autotune.resources.Share`: the threads and the
+    :param share: a :class:`~autotune.plan.resources.Share`: the threads and the
         most loader workers the share has, whether the shares run in one
         process, and why (put it in the reasons).
     :return: ``{key: Setting}`` for this plugin's own keys that change (the
@@ -670,7 +670,7 @@ def autotune_machine_share(context: "Context", plan: "Plan") -> "Share | None":
 
     :param context: hardware, profile and workload.
     :param plan: the plan so far.
-    :return: a :class:`~autotune.resources.Share`, or ``None`` for the whole
+    :return: a :class:`~autotune.plan.resources.Share`, or ``None`` for the whole
         machine. ``firstresult``.
     """
 

@@ -1,4 +1,4 @@
-"""The epoch loop behind :meth:`autotune.engine.Engine.fit`: timing, metrics,
+"""The epoch loop behind :meth:`autotune.engine.engine.Engine.fit`: timing, metrics,
 progress bars, monitor calls and DataLoader failures."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from autotune.errors import TrainingError
-from autotune.history import EpochMetrics, History
-from autotune.progress import MIN_INTERVAL_S, bar
+from autotune.engine.history import EpochMetrics, History
+from autotune.display.progress import MIN_INTERVAL_S, bar
 
 if TYPE_CHECKING:  # pragma: no cover
-    from autotune.engine import Engine
-    from autotune.step import Monitor
+    from autotune.engine.engine import Engine
+    from autotune.engine.step import Monitor
 
-log = logging.getLogger("autotune.engine")
+log = logging.getLogger("autotune.engine.engine")
 
 #: The RuntimeErrors torch.utils.data raises when a worker process dies or
 #: hangs: "DataLoader worker (pid(s) 12, 13) exited unexpectedly" (found by

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-log = logging.getLogger("autotune.report")
+log = logging.getLogger("autotune.plan.report")
 
 
 class Kind(str, enum.Enum):

@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from autotune.knobs import Effect
-from autotune.plan import Source
-from autotune.report import Kind
-from autotune.resources import Share, share_plan
+from autotune.plan.knobs import Effect
+from autotune.plan.plan import Source
+from autotune.plan.report import Kind
+from autotune.plan.resources import Share, share_plan
 
 if TYPE_CHECKING:  # pragma: no cover
-    from autotune.engine import Engine
-    from autotune.history import EpochMetrics
+    from autotune.engine.engine import Engine
+    from autotune.engine.history import EpochMetrics
 
-log = logging.getLogger("autotune.live")
+log = logging.getLogger("autotune.live.adapter")
 
 #: A tried change is reverted when its epoch is this much slower than the
 #: epoch before it (a change within the margin is kept: no worse).

@@ -7,7 +7,7 @@ does, and at each point of the step it calls the plugins' step hooks
 ``autotune_transform_loss``, ``autotune_window_size``,
 ``autotune_before_optimizer_step``, ``autotune_optimizer_step``,
 ``autotune_after_optimizer_step``, ``autotune_step_failed``; see
-:mod:`autotune.hookspecs`). With no plugin, or every plugin disabled, a
+:mod:`autotune.plugin.hookspecs`). With no plugin, or every plugin disabled, a
 step is bitwise plain PyTorch. One micro-batch::
 
     inputs = prepare_inputs(move to device)
@@ -29,16 +29,16 @@ from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import torch
 
-from autotune.batches import find_ddp, is_compiled, model_device, move_to, unwrap_model
-from autotune.contract import StepContract
+from autotune.workload.batches import find_ddp, is_compiled, model_device, move_to, unwrap_model
+from autotune.workload.contract import StepContract
 from autotune.errors import AutotuneError, TrainingError
-from autotune.history import History
-from autotune.plan import Plan, Source
-from autotune.progress import progress_enabled
-from autotune.report import Kind, Report
-from autotune.step import Monitor, Recovery
+from autotune.engine.history import History
+from autotune.plan.plan import Plan, Source
+from autotune.display.progress import progress_enabled
+from autotune.plan.report import Kind, Report
+from autotune.engine.step import Monitor, Recovery
 
-log = logging.getLogger("autotune.engine")
+log = logging.getLogger("autotune.engine.engine")
 
 
 #: The step hooks, called directly (not through pluggy's loop) so that the
@@ -94,7 +94,7 @@ class Engine:
         self.model = model
         self.optimizer = optimizer
         #: How a batch becomes a loss and how many samples it holds
-        #: (autotune.contract): loss_fn, step_fn, or the model's own loss.
+        #: (autotune.workload.contract): loss_fn, step_fn, or the model's own loss.
         self.contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
         self.loss_fn = self.contract.loss_fn
         #: The parts of the last loss, when it was a dict of losses (detached).
@@ -106,7 +106,7 @@ class Engine:
         self.report = report if report is not None else Report()
         self.progress = progress
         #: A tuning trial or probe: what it measures must run as planned, so
-        #: nothing changes during it (autotune.live stays still).
+        #: nothing changes during it (autotune.live.adapter stays still).
         self.trial = trial
         self.history = History()
         if device is None:
@@ -127,7 +127,7 @@ class Engine:
         self._plugin_state: dict[str, dict[str, Any]] = {}
         self._hooks: dict[str, list[_Impl]] = {name: [] for name in STEP_HOOKS}
         if manager is None and self.plan.plugins():
-            from autotune.manager import PluginManager
+            from autotune.plugin.manager import PluginManager
 
             manager = PluginManager()
         self.manager = manager
@@ -359,7 +359,7 @@ class Engine:
         try:
             return run()
         except Exception as error:  # noqa: BLE001 - offered to the plugins
-            from autotune.loop import is_worker_failure
+            from autotune.engine.loop import is_worker_failure
 
             if is_worker_failure(error) or isinstance(error, TrainingError):
                 raise
@@ -426,7 +426,7 @@ class Engine:
         """Train for ``epochs`` (or until ``max_steps`` micro-batches in
         total); validate on ``val_loader`` after each epoch. Returns (and
         extends) :attr:`history`."""
-        from autotune.loop import run_fit
+        from autotune.engine.loop import run_fit
 
         self._check_open()
         if not isinstance(epochs, int) or epochs < 1:
@@ -441,7 +441,7 @@ class Engine:
         """Mean loss (and each ``metrics[name](outputs, targets)``) over
         ``loader``, weighted by batch size, with autocast as in training and
         no gradients. Returns ``{"loss": ..., name: ..., "samples": n}``."""
-        from autotune.loop import run_evaluate
+        from autotune.engine.loop import run_evaluate
 
         self._check_open()
         return run_evaluate(self, loader, metrics or {})
@@ -450,12 +450,12 @@ class Engine:
     def state_dict(self) -> dict[str, Any]:
         """Model (keys as in the user's module: no ``_orig_mod.``), optimizer,
         scaler, scheduler, counters, history and plan."""
-        from autotune.checkpoint import engine_state
+        from autotune.engine.checkpoint import engine_state
 
         return engine_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        from autotune.checkpoint import load_engine_state
+        from autotune.engine.checkpoint import load_engine_state
 
         load_engine_state(self, state)
 

@@ -1,7 +1,7 @@
 """Detect the machine: CPU, memory, NVIDIA GPUs, software versions.
 
 Every source is optional. When one is missing or fails, detection still
-returns a correct :class:`~autotune.hardware.Hardware` and records why in
+returns a correct :class:`~autotune.machine.hardware.Hardware` and records why in
 ``Hardware.notes``; it never raises for a missing driver or library.
 
 NVML lists every GPU in the machine and ignores ``CUDA_VISIBLE_DEVICES``, so
@@ -28,10 +28,10 @@ from types import EllipsisType
 
 import psutil
 
-from autotune.cgroups import cgroup_cpu_quota, cgroup_memory_limit
-from autotune.hardware import CPU, GPU, RELEVANT_CPU_FLAGS, Hardware, Memory
+from autotune.machine.cgroups import cgroup_cpu_quota, cgroup_memory_limit
+from autotune.machine.hardware import CPU, GPU, RELEVANT_CPU_FLAGS, Hardware, Memory
 
-log = logging.getLogger("autotune.detect")
+log = logging.getLogger("autotune.machine.detect")
 
 _VENDORS = {
     "GenuineIntel": "Intel",
@@ -311,7 +311,7 @@ def detect(*, refresh: bool = False) -> Hardware:
     """Describe this machine. Cached per process; ``refresh=True`` re-reads it.
 
     Plugins may add facts through the ``autotune_detect`` hook; that happens in
-    :meth:`autotune.manager.PluginManager.detect`, not here, so this function
+    :meth:`autotune.plugin.manager.PluginManager.detect`, not here, so this function
     stays free of plugin loading.
     """
     if refresh:

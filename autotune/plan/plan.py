@@ -10,7 +10,7 @@ Precedence, lowest to highest (a later source replaces an earlier one):
 
 Each setting also says what changing it changes (its :class:`Effect`, from
 the plugin's ``autotune_knobs``): only speed, the numerics, or what is
-trained; see :mod:`autotune.knobs`.
+trained; see :mod:`autotune.plan.knobs`.
 
 The plan is the only thing the engine reads. It is frozen; ``with_*``
 methods return a new plan.
@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from autotune.errors import PlanError
-from autotune.knobs import Effect
+from autotune.plan.knobs import Effect
 
 
 class Source(str, enum.Enum):

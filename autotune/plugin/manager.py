@@ -23,14 +23,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
-from autotune import hookspecs
-from autotune.context import Context
+from autotune.plugin import hookspecs
+from autotune.plugin.context import Context
 from autotune.errors import PluginError, ProfileError
-from autotune.hardware import Hardware
-from autotune.knobs import Knob
-from autotune.plan import Plan, Setting, Source
+from autotune.machine.hardware import Hardware
+from autotune.plan.knobs import Knob
+from autotune.plan.plan import Plan, Setting, Source
 
-log = logging.getLogger("autotune.manager")
+log = logging.getLogger("autotune.plugin.manager")
 
 ENTRY_POINT_GROUP = "autotune"
 DISTRIBUTION = "torch-autotune"
@@ -54,7 +54,7 @@ BUILTIN_PLUGINS = (
 )
 
 
-#: Every hook a plugin may implement (the functions in autotune.hookspecs).
+#: Every hook a plugin may implement (the functions in autotune.plugin.hookspecs).
 HOOK_NAMES = frozenset(n for n in vars(hookspecs) if n.startswith(hookspecs.PROJECT_NAME + "_"))
 
 
@@ -496,9 +496,9 @@ class PluginManager:
     def with_overrides(self, context: Context, plan: Plan,
                        overrides: Mapping[str, Mapping[str, Any]]) -> Plan:
         """``plan.with_overrides(overrides)``, each checked against its
-        plugin's knob (:func:`autotune.knobs.check_overrides`), then
+        plugin's knob (:func:`autotune.plan.knobs.check_overrides`), then
         :meth:`follow_overrides`."""
-        from autotune.knobs import check_overrides
+        from autotune.plan.knobs import check_overrides
 
         overridden = plan.with_overrides(overrides)
         check_overrides(overrides, self.knobs(context, plan))
@@ -529,7 +529,7 @@ class PluginManager:
         loaded first), or ``None`` when none answers. ``kwargs`` are the
         hook's other arguments. An answer that is not a FoldPlan counts as
         that plugin failing, and the next one is asked."""
-        from autotune.resources import FoldPlan
+        from autotune.plan.resources import FoldPlan
 
         asked = [n for n in self.names() if n not in plan.disabled]
         call = {"context": context, "plan": plan, **kwargs}
@@ -546,7 +546,7 @@ class PluginManager:
                        share: Any) -> dict[str, dict[str, Setting]]:
         """``{plugin: {key: Setting}}``: how each plugin in ``plan`` changes
         its own settings under ``share`` (``autotune_resource_share``); the
-        caller writes them into the plan (:func:`autotune.resources.share_plan`).
+        caller writes them into the plan (:func:`autotune.plan.resources.share_plan`).
         Keys the plugin did not propose count as that plugin failing."""
         return self._own_settings("autotune_resource_share",
                                   {"plan": plan, "context": context, "share": share}, plan)
@@ -555,7 +555,7 @@ class PluginManager:
         """``(plugin, Share)``: the first answer of ``autotune_machine_share``
         among the plugins in ``plan`` (latest loaded first), or ``None``. An
         answer that is not a Share counts as that plugin failing."""
-        from autotune.resources import Share
+        from autotune.plan.resources import Share
 
         for answer in self._typed_answers("autotune_machine_share",
                                           {"context": context, "plan": plan}, plan.plugins(),
@@ -598,7 +598,7 @@ class PluginManager:
         """Each plugin gets the previous plugin's result: ``_call_each``
         reads ``kwargs`` afresh for every call, so updating it passes it on."""
         if report is None:
-            from autotune.report import Report
+            from autotune.plan.report import Report
 
             report = Report()
         kwargs = {key: value, "plan": plan, "context": context, "report": report}
@@ -625,7 +625,7 @@ class PluginManager:
         this engine only: the report names it and the returned plan lists
         it as disabled, so the engine never claims a setting it does not
         run. Later engines (the next trial) ask it again."""
-        from autotune.report import Kind
+        from autotune.plan.report import Kind
 
         left_out: dict[str, str] = {}
         for hook in ("autotune_apply_optimizer", "autotune_setup_engine"):
@@ -689,7 +689,7 @@ def _as_knobs(plugin: str, result: Any, plan: Plan) -> dict[str, Knob]:
     out = {}
     for key, knob in result.items():
         if not isinstance(knob, Knob):
-            raise TypeError(f"autotune_knobs: {plugin}.{key} must be an autotune.knobs.Knob, "
+            raise TypeError(f"autotune_knobs: {plugin}.{key} must be an autotune.plan.knobs.Knob, "
                             f"got {type(knob).__name__}")
         if key not in known:
             continue  # a setting the plugin did not propose this time

@@ -27,17 +27,17 @@ from typing import Any, Mapping
 
 import torch
 
-from autotune.context import Workload
+from autotune.plugin.context import Workload
 from autotune.planner import make_plan
 from autotune.tuner.candidates import Config
-from autotune.tuner.grid import grid_configs, measure_grid
+from autotune.bench.grid import grid_configs, measure_grid
 from autotune.tuner.report import Trial, TuningReport
 from autotune.tuner.runner import TrialRunner, Workbench
 from autotune.tuner.search import Search, SearchOptions, search_groups
 from autotune.tuner.state import Snapshot
 from autotune.tuner.trial import TrialOptions
 from autotune.tuner.tuning import tune
-from autotune.workloads import ReferenceWorkload, get_workload
+from autotune.bench.workloads import ReferenceWorkload, get_workload
 
 log = logging.getLogger("autotune.tuner")
 
@@ -86,7 +86,7 @@ class BenchResult:
         return a.samples_per_s / b.samples_per_s
 
     def table(self) -> str:
-        from autotune.tables import table
+        from autotune.display.tables import table
 
         rows = []
         for h in self.headlines:
@@ -167,7 +167,7 @@ def machine_facts() -> dict[str, Any]:
     The one description every benchmark result records. ``cpu_id`` adds
     /proc/cpuinfo's family, model and stepping numbers: a VM may name its
     CPU only "AMD EPYC", and they still tell one generation from another."""
-    from autotune.detect import _read_proc_cpuinfo, detect
+    from autotune.machine.detect import _read_proc_cpuinfo, detect
 
     hardware = detect()
     cuda_ran = hardware.cuda_available
@@ -222,8 +222,8 @@ def _confirm(runner: TrialRunner, contenders: list[tuple[str, Config]], rounds: 
 def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300.0, grid: bool = False,
               rounds: int = 2, device: str | None = None, seed: int = 0,
               trial: TrialOptions | None = None, progress: bool = True) -> BenchResult:
-    """Tune ``workload`` (a name from :data:`autotune.workloads.WORKLOADS`
-    or a :class:`~autotune.workloads.ReferenceWorkload`) and measure
+    """Tune ``workload`` (a name from :data:`autotune.bench.workloads.WORKLOADS`
+    or a :class:`~autotune.bench.workloads.ReferenceWorkload`) and measure
     defaults vs tuned (vs the grid's best)."""
     from autotune.applying import resolve_device
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from autotune.errors import ProfileError
-from autotune.hardware import Hardware
+from autotune.machine.hardware import Hardware
 
 log = logging.getLogger("autotune.profile")
 

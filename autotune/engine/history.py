@@ -39,7 +39,7 @@ class EpochMetrics:
     #: Other per-epoch metrics plugins return from ``autotune_epoch_end``.
     extra: Mapping[str, float] = field(default_factory=dict)
     #: Intra-op threads at the epoch's end, and the loader's workers: what
-    #: the epoch ran with (they can change between epochs, autotune.live).
+    #: the epoch ran with (they can change between epochs, autotune.live.adapter).
     threads: int | None = None
     loader_workers: int | None = None
 

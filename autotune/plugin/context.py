@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from autotune.hardware import Hardware
+from autotune.machine.hardware import Hardware
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch.utils.data import DataLoader
 
     from autotune.profile import Profile
-    from autotune.resources import Share
+    from autotune.plan.resources import Share
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Workload:
         batch_size = dataset_length = None
         workers = 0
         if loader is not None:
-            from autotune.loaders import dataset_length as length_of
+            from autotune.workload.loaders import dataset_length as length_of
 
             # Any iterable of batches may come here (a list, a generator, a
             # class without .dataset): only a DataLoader has these facts.
@@ -70,7 +70,7 @@ class Context:
     workload: Workload = field(default_factory=Workload)
     #: True when the user named the profile (``profile=``, ``--profile``)
     #: rather than it being matched: only then may it turn on settings that
-    #: change what is trained (see :mod:`autotune.knobs`).
+    #: change what is trained (see :mod:`autotune.plan.knobs`).
     profile_chosen: bool = False
     #: The part of the machine this job may use when it shares it with
     #: others (``autotune daemon``); ``None``: the whole machine. Plugins

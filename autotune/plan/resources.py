@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from autotune.context import Context
-    from autotune.manager import PluginManager
-    from autotune.plan import Plan, Setting, Source
-    from autotune.report import Kind, Report
+    from autotune.plugin.context import Context
+    from autotune.plugin.manager import PluginManager
+    from autotune.plan.plan import Plan, Setting, Source
+    from autotune.plan.report import Kind, Report
 
 #: Where cross-validation folds can run: in this process one after another,
 #: loky worker processes, threads of this process, a Dask cluster.
@@ -123,7 +123,7 @@ def share_plan(plan: "Plan", share: Share, *, context: "Context", manager: "Plug
     settings changed gets one event of ``kind`` (default: applied) listing
     ``key old -> new``. ``source`` (e.g. ``daemon``) replaces the source the
     plugins gave, so the plan says who divided the machine."""
-    from autotune.report import Kind
+    from autotune.plan.report import Kind
 
     answers = manager.resource_share(plan, context, share)
     for plugin, settings in answers.items():
@@ -153,7 +153,7 @@ def set_threads(intra_op: int | None, inter_op: int | None = None, set_env: bool
     """
     import torch
 
-    from autotune.report import Kind
+    from autotune.plan.report import Kind
 
     undo: list[Callable[[], None]] = []
     if intra_op is not None:

@@ -1,0 +1,1 @@
+"""What people read: plain-text tables and progress bars."""

@@ -1,0 +1,1 @@
+"""The shared training engine: the step, the epoch loop, checkpoints and history."""

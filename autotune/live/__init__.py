@@ -1,0 +1,1 @@
+"""Changes during a run: settings tried and kept while training goes on."""
