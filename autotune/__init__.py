@@ -23,7 +23,7 @@ _LAZY = {
     "CPU": "autotune.machine.hardware", "GPU": "autotune.machine.hardware", "Hardware": "autotune.machine.hardware",
     "Memory": "autotune.machine.hardware",
     "Context": "autotune.plugin.context", "Workload": "autotune.plugin.context",
-    "hookimpl": "autotune.plugin.hookspecs",
+    "hookimpl": "autotune.plugin.markers",
     "PluginManager": "autotune.plugin.manager",
     "Plan": "autotune.plan.plan", "Setting": "autotune.plan.plan", "Source": "autotune.plan.plan",
     "make_plan": "autotune.planner",
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from autotune.errors import AutotuneError, PlanError, PluginError, ProfileError, TrainingError
     from autotune.machine.hardware import CPU, GPU, Hardware, Memory
     from autotune.engine.history import History
-    from autotune.plugin.hookspecs import hookimpl
+    from autotune.plugin.markers import hookimpl
     from autotune.plugin.manager import PluginManager
     from autotune.plan.plan import Plan, Setting, Source
     from autotune.planner import make_plan

@@ -20,22 +20,23 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 # apply_plan and the Tuned result live in autotune.applying (the tuner,
 # cross-validation and DDP use them without this facade); re-exported here.
 from autotune.applying import Tuned, _check_model, apply_plan, resolve_device
-from autotune.plugin.context import Workload
-from autotune.workload.contract import StepContract
 from autotune.errors import AutotuneError
 from autotune.machine.hardware import Hardware
-from autotune.plugin.manager import PluginManager
 from autotune.planner import make_plan
-
-if TYPE_CHECKING:  # pragma: no cover
-    from autotune.tuner import SearchOptions
+from autotune.plugin.context import Workload
+from autotune.plugin.manager import PluginManager
+from autotune.tuner.budget import Budget
+from autotune.tuner.integration import measure
+from autotune.tuner.options import SearchOptions
+from autotune.tuner.tuning import DEFAULT_BUDGET_S
+from autotune.workload.contract import StepContract
 
 log = logging.getLogger("autotune.api")
 
@@ -89,10 +90,6 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
         the effective batch with gradient accumulation.
     :raises AutotuneError: on bad input (unknown plugin/profile/key, ...).
     """
-    from autotune.tuner.budget import Budget
-    from autotune.tuner.search import SearchOptions
-    from autotune.tuner.tuning import DEFAULT_BUDGET_S
-
     # The budget covers all of apply from here: planning, the batch-size
     # search, every trial and the confirmation.
     budget = Budget(DEFAULT_BUDGET_S if budget_s is None else budget_s)
@@ -110,8 +107,6 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
                         strict=strict, manager=manager)
     # Measured tuning refines the plan here: trials on the user's model and
     # loader (state restored after), the winner written with source "measured".
-    from autotune.tuner.integration import measure
-
     contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
     measured = measure(model, loader, planned.plan, planned, device=target, optimizer=optimizer,
                        loss_fn=contract, tune=tune, budget_s=budget_s, remeasure=remeasure,

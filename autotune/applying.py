@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
+from autotune.engine.engine import Engine
 from autotune.workload.batches import model_device
 from autotune.plugin.context import Context
 from autotune.errors import AutotuneError
@@ -23,9 +24,6 @@ from autotune.plugin.manager import PluginManager
 from autotune.plan.plan import Plan
 from autotune.profile import Recommendation
 from autotune.plan.report import Kind, Report
-
-if TYPE_CHECKING:  # pragma: no cover
-    from autotune.engine.engine import Engine
 
 log = logging.getLogger("autotune.api")
 
@@ -58,14 +56,12 @@ class Tuned:
 
     def engine(self, optimizer: torch.optim.Optimizer,
                loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-               **kwargs: Any) -> "Engine":
+               **kwargs: Any) -> Engine:
         """The training engine with this plan applied. ``kwargs`` go to
         :class:`~autotune.engine.engine.Engine` (``step_fn``, ``batch_size_fn``,
         ``scheduler``, ``progress``...); without ``loss_fn`` and ``step_fn``,
         the ones given to :func:`autotune.apply` (else the model's own loss).
         Close it (or use ``with``) to undo the global settings it made."""
-        from autotune.engine.engine import Engine
-
         kwargs.setdefault("device", self.device)
         kwargs.setdefault("report", self.report)
         if loss_fn is None and kwargs.get("step_fn") is None and self.contract is not None:

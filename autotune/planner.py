@@ -7,14 +7,14 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
-from autotune.plugin.context import Context, Workload
 from autotune.machine.detect import detect
 from autotune.machine.hardware import Hardware
 from autotune.plan.knobs import check_overrides, guard_plan
-from autotune.plugin.manager import PluginManager
 from autotune.plan.plan import Plan, Source
-from autotune.profile import Recommendation, get_profile, load_profiles, recommend
-from autotune.plan.resources import share_plan
+from autotune.plugin.context import Context, Workload
+from autotune.plugin.manager import PluginManager, share_plan
+from autotune.plugin.options import option_schemas
+from autotune.profile import Profile, Recommendation, get_profile, load_profiles, recommend
 
 log = logging.getLogger("autotune.planner")
 
@@ -27,6 +27,14 @@ class Planned:
     context: Context
     recommendation: Recommendation
     manager: PluginManager
+
+
+def load_checked_profiles(profile_dirs: Iterable[str | os.PathLike[str]],
+                          manager: PluginManager) -> dict[str, Profile]:
+    """Every profile, each plugin's section checked against the options that
+    plugin declares (``autotune_options``): built-in and third-party alike."""
+    return load_profiles(profile_dirs,
+                         options=option_schemas(manager.each("autotune_options", {})))
 
 
 def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
@@ -51,7 +59,7 @@ def make_plan(*, hardware: Hardware | None = None, profile: str | None = None,
     manager = manager or PluginManager(disable=disable, plugins=plugins, strict=strict)
     manager.load()
     hardware = manager.detect(hardware if hardware is not None else detect())
-    profiles = load_profiles(profile_dirs)
+    profiles = load_checked_profiles(profile_dirs, manager)
     recommendation = recommend(hardware, profiles.values())
     if profile is not None:
         chosen = get_profile(profile, profiles)

@@ -30,8 +30,8 @@ from autotune.plan.plan import Plan, Setting, Source, default, from_profile
 from autotune.plan.report import Kind
 from autotune.plan.resources import THREAD_ENV_VARIABLES, FoldPlan, Share, set_threads
 from autotune.plugin.context import Context, Workload
-from autotune.plugin.hookspecs import hookimpl
-from autotune.plugin.options import clamp_to, describe_bounds, parse_options
+from autotune.plugin.markers import hookimpl
+from autotune.plugin.options import PluginOptions, clamp_to, describe_bounds, option, parse_options
 from autotune.workload.loaders import (is_dataloader, loader_settings, rebuild_loader,
                                        workers_adjustable)
 
@@ -45,10 +45,11 @@ _LAZY = {
 __all__ = sorted([
     "CPU", "GIB", "GPU", "LOADER", "PROCESS", "STEP", "THREAD_ENV_VARIABLES", "Context", "Effect",
     "FoldPlan", "Hardware", "Kind", "Knob", "Memory", "Observation", "Plan", "PluginError",
-    "ProfileError", "Recovery", "Setting", "Share", "Source", "TrainingError", "Workload",
-    "clamp_to", "daemon_job", "default", "describe_bounds", "from_profile", "hookimpl",
-    "is_dataloader", "join_daemon", "loader_settings", "parse_options", "positive_number",
-    "rebuild_loader", "set_threads", "true_or_false", "whole_number", "workers_adjustable",
+    "PluginOptions", "ProfileError", "Recovery", "Setting", "Share", "Source", "TrainingError",
+    "Workload", "clamp_to", "daemon_job", "default", "describe_bounds", "from_profile", "hookimpl",
+    "is_dataloader", "join_daemon", "loader_settings", "option", "parse_options",
+    "positive_number", "rebuild_loader", "set_threads", "true_or_false", "whole_number",
+    "workers_adjustable",
     *_LAZY,
 ])
 

@@ -8,6 +8,8 @@
   that loads the built-ins (and the plugin objects you pass) and neither
   loads nor lists third-party entry points, so a test sees the same plugins
   everywhere, whatever else is installed.
+* :data:`BUILTIN_PLUGINS` names the built-ins as installed, to turn them
+  off and test a plugin alone.
 * :class:`HookRecorder` is a plugin that records every hook call it gets.
 * :func:`requires` returns a pytest skip mark with a readable reason.
 
@@ -29,9 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping, Sequence
 
+from autotune.machine.detect import detect
 from autotune.machine.hardware import CPU, GIB, GPU, Hardware, Memory
-from autotune.plugin.hookspecs import hookimpl
 from autotune.plugin.manager import PluginManager
+from autotune.plugin.markers import hookimpl
+from autotune.plugin.registry import builtin_names
 
 MIB = 1024**2
 
@@ -170,18 +174,10 @@ def cpu_laptop() -> Hardware:
 # -- plugins -------------------------------------------------------------------
 
 
-class _BuiltinsOnly(PluginManager):
-    """A manager that does not see third-party entry points at all.
-
-    ``autoload=False`` alone still lists an installed plugin (as "not
-    autoloaded", in the plan's ``disabled``) and keeps its name taken, so
-    passing that same plugin as an object would be refused.
-    """
-
-    @staticmethod
-    def _entry_points() -> tuple[dict[str, Any], dict[str, Any]]:
-        builtin, _third_party = PluginManager._entry_points()
-        return builtin, {}
+#: The built-in plugins' names, as installed (the entry points of the
+#: distribution torch-autotune, by name): for a test that turns them all off
+#: to see its own plugin alone, ``plugin_manager(disable=BUILTIN_PLUGINS, ...)``.
+BUILTIN_PLUGINS: tuple[str, ...] = builtin_names()
 
 
 def plugin_manager(*, disable: Iterable[str] = (), plugins: Iterable[Any] = (),
@@ -190,7 +186,11 @@ def plugin_manager(*, disable: Iterable[str] = (), plugins: Iterable[Any] = (),
     entry points: what an installed package adds cannot change a test. An
     installed plugin is not even listed, so your test can pass it (or its
     source) in ``plugins`` and get exactly that object."""
-    return _BuiltinsOnly(disable=disable, plugins=plugins, strict=strict, autoload=False)
+    # ``autoload=False`` alone would still list an installed plugin (as "not
+    # autoloaded", in the plan's ``disabled``) and keep its name taken, so
+    # passing that same plugin as an object would be refused.
+    return PluginManager(disable=disable, plugins=plugins, strict=strict, autoload=False,
+                         third_party=False)
 
 
 @dataclass(frozen=True)
@@ -260,6 +260,7 @@ def requires(*, cuda: bool = False, bf16: bool = False, gpus: int = 0) -> Any:
     ``bf16`` means native bf16 on the device the test would use: the GPU when
     ``cuda`` is asked for, the CPU otherwise.
     """
+    # Here, not above: only this mark needs them (pytest is a test-only dependency).
     import pytest
     import torch
 
@@ -273,9 +274,6 @@ def requires(*, cuda: bool = False, bf16: bool = False, gpus: int = 0) -> Any:
         if cuda:
             if have_cuda and not torch.cuda.is_bf16_supported():
                 missing.append("a GPU with native bf16 (Ampere or newer)")
-        else:
-            from autotune.machine.detect import detect
-
-            if not detect().cpu.has_bf16:
-                missing.append("a CPU with native bf16 (AVX512-BF16 or AMX)")
+        elif not detect().cpu.has_bf16:
+            missing.append("a CPU with native bf16 (AVX512-BF16 or AMX)")
     return pytest.mark.skipif(bool(missing), reason="needs " + " and ".join(missing or ["nothing"]))

@@ -12,9 +12,12 @@ import shlex
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+# The library's own (torch-free, so every script's --help stays light);
+# re-exported for the scripts, which import them from here.
+from autotune.bench.provenance import loadavg, utc_now
 
 #: The committed results. Scripts write here only when asked (--out
 #: benchmarks/results); by default they write to DEFAULT_OUT, which git ignores.
@@ -25,14 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: The keys :func:`provenance` puts at the top of every result file.
 PROVENANCE_KEYS = ("command", "cwd", "executable", "commit", "date", "machine",
                    "loadavg_before", "loadavg_after", "foreign_cpu_share")
-
-
-def loadavg() -> list[float] | None:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _git_commit() -> dict[str, Any] | None:
@@ -222,7 +217,7 @@ def run_one(workload: Any, name: str, prefix: str, *, budget_s: float, grid: boo
     (default file name ``<prefix>_<name>``); ``argv`` is the command line
     recorded (default ``sys.argv``). Each target is a minimum."""
     from autotune.bench.runner import plot_bench, run_bench
-    from autotune.tuner.trial import TrialOptions
+    from autotune.tuner import TrialOptions
 
     print(f"== {name}", flush=True)
     best = None

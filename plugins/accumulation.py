@@ -21,20 +21,22 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from autotune.sdk import (
-    Context, Effect, Hardware, Kind, Knob, Setting, Source, TrainingError, Workload, default,
-    from_profile, hookimpl, parse_options, whole_number)
+    Context, Effect, Hardware, Kind, Knob, PluginOptions, Setting, Source, TrainingError, Workload,
+    default, from_profile, hookimpl, option, parse_options, whole_number)
 
 NAME = "accumulation"
 
 
 @dataclass(frozen=True)
-class Options:
-    steps: int | None = None
-    target_batch_size: int | None = None
+class Options(PluginOptions):
+    steps: int | None = option(None, "micro-batches per optimizer step", minimum=1)
+    target_batch_size: int | None = option(None, "derive steps from the loader's batch size to "
+                                           "reach this effective batch", minimum=1)
 
-    def __post_init__(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"accumulation.steps must be >= 1, got {self.steps}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,
@@ -91,7 +93,7 @@ def set_steps(engine: Any, steps: int) -> None:
     batch-size search that must step every micro-batch."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"accumulation steps must be an integer >= 1, got {steps!r}")
-    if engine._window_count:
+    if engine.pending_micro_batches:
         raise TrainingError("cannot change accumulation steps in the middle of a window; "
                             "call engine.flush() first")
     engine.plugin_state(NAME)["steps"] = steps

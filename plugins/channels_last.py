@@ -18,15 +18,20 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from autotune.sdk import (
-    Context, Hardware, Kind, Knob, Setting, Workload, default, hookimpl, parse_options,
-    true_or_false)
+    Context, Hardware, Kind, Knob, PluginOptions, Setting, Workload, default, hookimpl,
+    parse_options, true_or_false)
 
 NAME = "channels_last"
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(PluginOptions):
     pass
+
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,

@@ -21,23 +21,24 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from autotune.sdk import (
-    Context, Effect, Hardware, Kind, Knob, Setting, Workload, default, from_profile, hookimpl,
-    parse_options, positive_number)
+    Context, Effect, Hardware, Kind, Knob, PluginOptions, Setting, Workload, default,
+    from_profile, hookimpl, option, parse_options, positive_number)
 
 NAME = "clipping"
 
 
 @dataclass(frozen=True)
-class Options:
-    max_norm: float | None = None
-    norm_type: float = 2.0
-    clip_value: float | None = None
+class Options(PluginOptions):
+    max_norm: float | None = option(None, "clip the global gradient norm to this; null: no "
+                                    "norm clipping", above=0, null=True)
+    norm_type: float = option(2.0, "the norm's order (2.0: Euclidean)")
+    clip_value: float | None = option(None, "also clip each gradient element to +-this; null: "
+                                      "no element-wise clipping", above=0, null=True)
 
-    def __post_init__(self) -> None:
-        for key in ("max_norm", "clip_value"):
-            value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise ValueError(f"clipping.{key} must be > 0 or null, got {value}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,
@@ -176,12 +177,12 @@ def autotune_epoch_start(engine: Any) -> None:
 
 @hookimpl
 def autotune_epoch_end(engine: Any) -> dict[str, float] | None:
-    """The epoch's mean pre-clip norm, as ``grad_norm``."""
+    """The epoch's mean pre-clip norm, as ``clipping.grad_norm``."""
     state = engine.plugin_state(NAME)
     if state.get("clipping") is None or state.get("norm_count") is None:
         return None
     count = float(state["norm_count"])
-    return {"grad_norm": float(state["norm_sum"]) / count} if count else None
+    return {f"{NAME}.grad_norm": float(state["norm_sum"]) / count} if count else None
 
 
 @hookimpl

@@ -19,21 +19,22 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from autotune.sdk import (
-    Context, Hardware, Kind, Knob, Recovery, Setting, Workload, default, from_profile, hookimpl,
-    parse_options, true_or_false)
+    Context, Hardware, Kind, Knob, PluginOptions, Recovery, Setting, Workload, default,
+    from_profile, hookimpl, option, parse_options, true_or_false)
 
 NAME = "compile"
 MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
-class Options:
-    mode: str = "off"
-    fullgraph: bool = False
+class Options(PluginOptions):
+    mode: str = option("off", "torch.compile mode; off: eager", choices=MODES)
+    fullgraph: bool = option(False, "refuse graph breaks")
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"compile.mode={self.mode!r} is not one of {MODES}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,

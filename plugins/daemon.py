@@ -9,8 +9,9 @@ intra-op threads, loader workers -- with source ``daemon``, and this plugin
 pins the process to the share's cpus. During ``Engine.fit`` it reports each
 epoch's samples/s and data wait to the daemon (what the daemon divides the
 cores by) and, at epoch boundaries, takes new shares and tries speed-only
-changes (autotune.live.adapter). With no daemon it contributes nothing: the plan
-is exactly what it is without this plugin.
+changes: the engine's live adapter (autotune.live.adapter), which this plugin
+makes for every engine but a tuner's trials. With no daemon it contributes
+nothing: the plan is exactly what it is without this plugin.
 
 Profile options::
 
@@ -32,15 +33,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from autotune.sdk import (
-    Context, Hardware, Kind, Observation, Setting, Share, Source, Workload, daemon_job, hookimpl,
-    join_daemon, parse_options, workers_adjustable)
+    Context, Hardware, Kind, Observation, PluginOptions, Setting, Share, Source, Workload,
+    daemon_job, hookimpl, join_daemon, option, parse_options, workers_adjustable)
 
 NAME = "daemon"
 
 
 @dataclass(frozen=True)
-class Options:
-    wait_s: float | None = None
+class Options(PluginOptions):
+    wait_s: float | None = option(None, "how long apply waits for a free core when every core "
+                                  "holds another job; null: as long as the daemon runs",
+                                  minimum=0, null=True)
+
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,
@@ -118,12 +126,17 @@ def _set_all(cpus: set[int]) -> None:
 
 @hookimpl
 def autotune_setup_engine(engine: Any, plan: Any) -> None:
-    from autotune.sdk import LiveAdapter
-
     cpus = plan.get(NAME, "cpus")
     if cpus and hasattr(os, "sched_setaffinity"):
         engine.on_close(pin_process(cpus))
         engine.note(NAME, Kind.APPLIED, f"pinned to cpu(s) {cpus} (restored at close)")
+
+
+@hookimpl
+def autotune_live_adapter(engine: Any) -> Any:
+    """The daemon's new shares taken, and speed changes tried, between
+    epochs; the engine drives it (not for a tuner's trials)."""
+    from autotune.sdk import LiveAdapter  # lazily: it needs torch, planning does not
 
     made: dict[int, Share] = {}  # asked after every optimizer step: one Share per grant
 
@@ -137,7 +150,9 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
             made[generation] = share_of(client.grant)
         return generation, made[generation]
 
-    engine.plugin_state(NAME)["live"] = LiveAdapter(engine, shares, observe=_report, owner=NAME)
+    adapter = LiveAdapter(engine, shares, observe=_report, owner=NAME)
+    engine.plugin_state(NAME)["live"] = adapter
+    return adapter
 
 
 def _report(metrics: Any) -> None:
@@ -148,20 +163,6 @@ def _report(metrics: Any) -> None:
     client.report(Observation(metrics.threads, int(metrics.loader_workers or 0),
                               metrics.samples_per_s, wait),
                   diagnosis="input-bound" if wait >= 0.3 else "compute-bound")
-
-
-@hookimpl
-def autotune_epoch_start(engine: Any, epoch: int) -> None:
-    adapter = engine.plugin_state(NAME).get("live")
-    if adapter is not None:
-        adapter.at_epoch_start(epoch)
-
-
-@hookimpl
-def autotune_after_optimizer_step(engine: Any) -> None:
-    adapter = engine.plugin_state(NAME).get("live")
-    if adapter is not None:
-        adapter.at_step()
 
 
 @hookimpl

@@ -20,12 +20,12 @@ keeps ``num_workers`` at a quarter of the cores; the tuner measures more.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from autotune.sdk import (
-    LOADER, Context, Hardware, Kind, Knob, Setting, Share, Source, Workload, clamp_to, default,
-    describe_bounds, from_profile, hookimpl, loader_settings, parse_options, rebuild_loader,
-    true_or_false, whole_number, workers_adjustable)
+    LOADER, Context, Hardware, Kind, Knob, PluginOptions, Setting, Share, Source, Workload,
+    clamp_to, default, describe_bounds, from_profile, hookimpl, loader_settings, option,
+    parse_options, rebuild_loader, true_or_false, whole_number, workers_adjustable)
 
 NAME = "dataloader"
 #: Without a profile, more workers than this rarely help one GPU.
@@ -33,11 +33,18 @@ MAX_DEFAULT_WORKERS = 8
 
 
 @dataclass(frozen=True)
-class Options:
-    num_workers: int | Sequence[int] | None = None
-    prefetch_factor: int | Sequence[int] | None = None
-    pin_memory: bool | None = None
-    persistent_workers: bool | None = None
+class Options(PluginOptions):
+    num_workers: int | tuple[int, int] | None = option(
+        None, "worker processes; an int or [min, max] for the rule to pick within", minimum=0)
+    prefetch_factor: int | tuple[int, int] | None = option(
+        None, "batches each worker loads ahead; an int or [min, max]", minimum=1)
+    pin_memory: bool | None = option(None, "page-locked host memory (only with CUDA)")
+    persistent_workers: bool | None = option(None, "keep workers alive between epochs")
+
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,

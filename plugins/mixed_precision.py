@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from autotune.sdk import (
-    Context, Effect, Hardware, Kind, Knob, Setting, Source, Workload, default, from_profile,
-    hookimpl, parse_options, true_or_false)
+    Context, Effect, Hardware, Kind, Knob, PluginOptions, Setting, Source, Workload, default,
+    from_profile, hookimpl, option, parse_options, true_or_false)
 
 NAME = "mixed_precision"
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -31,13 +31,15 @@ log = logging.getLogger(f"autotune.plugins.{NAME}")
 
 
 @dataclass(frozen=True)
-class Options:
-    dtype: str = "auto"
-    tf32: bool = True
+class Options(PluginOptions):
+    dtype: str = option("auto", "autocast dtype; auto: the best the hardware has, fp32: "
+                        "autocast off", choices=DTYPES)
+    tf32: bool = option(True, "allow TF32 matmul/cuDNN on Ampere+ GPUs")
 
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"mixed_precision.dtype={self.dtype!r} is not one of {DTYPES}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def _best_dtype(hardware: Hardware) -> tuple[str, str]:
@@ -206,7 +208,9 @@ def autotune_forward_context(engine: Any) -> Any:
     return torch.autocast(device_type=engine.device.type, dtype=dtype)
 
 
-@hookimpl
+# First: the fp16 scale multiplies the loss before any other transform
+# (accumulation's division by the window).
+@hookimpl(tryfirst=True)
 def autotune_transform_loss(engine: Any, loss: Any) -> Any:
     scaler = grad_scaler(engine)
     return None if scaler is None else scaler.scale(loss)
@@ -231,13 +235,40 @@ def autotune_optimizer_step(engine: Any, optimizer: Any) -> bool | None:
     scaler.update()
     # GradScaler lowers its scale exactly when it found inf/NaN gradients
     # and so skipped optimizer.step().
-    return not scaler.get_scale() < before
+    stepped = not scaler.get_scale() < before
+    if not stepped:
+        state = engine.plugin_state(NAME)
+        state["skipped"] = state.get("skipped", 0) + 1
+        state["epoch_skipped"] = state.get("epoch_skipped", 0) + 1
+    return stepped
+
+
+def skipped_steps(engine: Any) -> int:
+    """Optimizer steps the fp16 GradScaler skipped on ``engine`` (inf/NaN
+    gradients), over its life; each epoch's count is its record's
+    ``extra["mixed_precision.skipped_steps"]``."""
+    return int(engine.plugin_state(NAME).get("skipped", 0))
+
+
+@hookimpl
+def autotune_epoch_start(engine: Any) -> None:
+    if grad_scaler(engine) is not None:
+        engine.plugin_state(NAME)["epoch_skipped"] = 0
+
+
+@hookimpl
+def autotune_epoch_end(engine: Any) -> dict[str, float] | None:
+    """The epoch's skipped steps, as ``mixed_precision.skipped_steps`` (fp16 with a scaler)."""
+    if grad_scaler(engine) is None:
+        return None
+    return {f"{NAME}.skipped_steps": float(engine.plugin_state(NAME).get("epoch_skipped", 0))}
 
 
 @hookimpl
 def autotune_engine_state(engine: Any) -> dict[str, Any] | None:
     scaler = grad_scaler(engine)
-    return None if scaler is None else {"scaler": scaler.state_dict()}
+    return None if scaler is None else {"scaler": scaler.state_dict(),
+                                        "skipped_steps": skipped_steps(engine)}
 
 
 @hookimpl
@@ -245,6 +276,8 @@ def autotune_load_engine_state(engine: Any, state: Mapping[str, Any]) -> None:
     scaler = grad_scaler(engine)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if scaler is not None:
+        engine.plugin_state(NAME)["skipped"] = int(state.get("skipped_steps", 0))
 
 
 @hookimpl

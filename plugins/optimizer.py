@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from autotune.sdk import (
-    Context, Hardware, Kind, Knob, Setting, Workload, default, from_profile, hookimpl,
-    parse_options)
+    Context, Hardware, Kind, Knob, PluginOptions, Setting, Workload, default, from_profile,
+    hookimpl, option, parse_options)
 
 NAME = "optimizer"
 IMPLEMENTATIONS = ("off", "foreach", "fused")
@@ -35,13 +35,14 @@ FUSED_OPTIMIZERS = ("Adam", "AdamW", "SGD", "Adagrad")
 
 
 @dataclass(frozen=True)
-class Options:
-    implementation: str = "off"
+class Options(PluginOptions):
+    implementation: str = option("off", "off: the optimizer as built; foreach/fused: torch's "
+                                 "multi-tensor or fused kernels", choices=IMPLEMENTATIONS)
 
-    def __post_init__(self) -> None:
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"optimizer.implementation must be one of "
-                             f"{', '.join(IMPLEMENTATIONS)}, got {self.implementation!r}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,

@@ -34,12 +34,13 @@ without this plugin the folds run one after another):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from autotune.sdk import (
-    GIB, PROCESS, Context, FoldPlan, Hardware, Knob, Setting, Source, Workload, default,
-    from_profile, hookimpl, parse_options, whole_number)
+    GIB, PROCESS, Context, FoldPlan, Hardware, Knob, PluginOptions, Setting, Source, Workload,
+    default, from_profile, hookimpl, option, parse_options, whole_number)
 
 NAME = "parallel_folds"
 BACKENDS = ("loky", "threading", "dask")
@@ -57,19 +58,17 @@ GPU_MEMORY_SHARE = 0.9
 
 
 @dataclass(frozen=True)
-class Options:
-    max_concurrent: int | None = None
-    backend: str = "loky"
-    threads_per_fold: int | None = None
+class Options(PluginOptions):
+    max_concurrent: int | None = option(None, "upper bound on folds in flight", minimum=1)
+    backend: str = option("loky", "where folds run: worker processes (loky), threads, or a "
+                          "Dask cluster", choices=BACKENDS)
+    threads_per_fold: int | None = option(None, "CPU threads each fold may use; null: derived",
+                                          minimum=1, null=True)
 
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"parallel_folds.backend={self.backend!r} is not one of {BACKENDS}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ValueError(f"parallel_folds.max_concurrent must be >= 1, got {self.max_concurrent}")
-        if self.threads_per_fold is not None and self.threads_per_fold < 1:
-            raise ValueError(f"parallel_folds.threads_per_fold must be >= 1, "
-                             f"got {self.threads_per_fold}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def cpu_concurrency(cores: int) -> tuple[int, str]:
@@ -172,8 +171,6 @@ def cuda_context_bytes(device: int) -> int:
     """Memory a CUDA context of this process holds beyond torch's caching
     allocator (NVML's per-process figure minus what torch reserved); 0 when
     NVML cannot say (no NVML, or another PID namespace)."""
-    import os
-
     import torch
 
     try:
@@ -205,91 +202,80 @@ def _with_arguments(plan: Any, max_concurrent: int | None, threads_per_fold: int
     return plan.with_overrides({NAME: values}) if values else plan
 
 
-def schedule(context: Context, plan: Any, folds: int, backend: str | None = None,
-             max_concurrent: int | None = None, threads_per_fold: int | None = None,
-             device: str = "cpu", measure_fold_memory: Any = None,
-             estimate_fold_seconds: Any = None, dask_slots: Any = None) -> Any:
-    """How ``folds`` folds run under this plugin's settings in ``plan`` (see
-    the module docstring); ``None`` when the plan has none of them."""
-    if NAME not in plan:
-        return None
-    hardware = context.hardware
-    plan = _with_arguments(plan, max_concurrent, threads_per_fold, backend)
-    name = backend or plan.get(NAME, "backend", "loky")
-    target = device
-    cores = hardware.cpu.worker_budget
-    cap = int(plan.get(NAME, "max_concurrent", 1) or 1)
-    threads_setting = plan.setting(NAME, "threads_per_fold")
-    fixed_threads = threads_per_fold or (threads_setting.value if threads_setting is not None
-                                         and threads_setting.source is not Source.DEFAULT else None)
-    gpus, per_fold, memory_why = 0, 0, ""
-    measured_short = False
+@dataclass(frozen=True)
+class _Decision:
+    """How many folds run at once and with how many threads, and why, as
+    one backend's rule settles it (before one-at-a-time becomes sequential)."""
 
-    if name == "dask":
-        if dask_slots is None:
-            raise ValueError("backend 'dask' needs the cluster's slots (dask_slots)")
-        slots, dask_threads, why = dask_slots()
-        concurrency = max(1, min(max_concurrent or slots, folds))
-        threads = fixed_threads or dask_threads
-        reason = why
-    elif name == "sequential" or not folds:
-        concurrency, threads = 1, None
-        reason = "sequential: one fold after another in this process"
-    elif target.startswith("cuda"):
-        import torch
+    concurrency: int
+    threads: int | None
+    reason: str
+    gpus: int = 0
+    per_fold_bytes: int = 0
+    #: Whether the count rests on a measurement (memory peak, timed steps).
+    measured: bool = False
 
-        # device="cuda" spreads the folds over every GPU; "cuda:1" pins them.
-        spread = target == "cuda"
-        indices = list(range(torch.cuda.device_count())) if spread else \
-            [torch.device(target).index or 0]
-        concurrency = min(cap, folds)
-        if concurrency > 1 and measure_fold_memory is not None:
-            per_fold = measure_fold_memory(f"cuda:{indices[0]}")
-            if name == "loky":
-                per_fold += cuda_context_bytes(indices[0])  # one context per worker process
-            free = [torch.cuda.mem_get_info(i)[0] for i in indices]
-            slots = gpu_slots(free, per_fold)
-            concurrency = min(concurrency, slots * len(indices))
-            memory_why = (f"measured {per_fold / GIB:.2f} GiB per fold; {min(free) / GIB:.1f} GiB "
-                          f"free on the fullest of {len(indices)} GPU(s) -> {slots} per GPU "
-                          f"(x{GPU_MEMORY_SHARE} of free memory), at most {cap}")
-        gpus = min(len(indices), concurrency) if spread else 0
-        threads = fixed_threads or threads_for(cores, concurrency)
-        reason = memory_why or f"{concurrency} fold(s) at once on {max(gpus, 1)} GPU(s)"
-    else:
-        concurrency = min(cap, folds)
-        threads = fixed_threads or threads_for(cores, concurrency)
-        reason = (f"{concurrency} fold(s) at once on {cores} usable cores, "
-                  f"{threads} thread(s) each")
-        # Only a default choice is second-guessed: an explicit backend or
-        # max_concurrent (argument, override or profile) is what runs.
-        chosen = plan.setting(NAME, "max_concurrent")
-        automatic = (backend is None and max_concurrent is None and chosen is not None
-                     and chosen.source is Source.DEFAULT)
-        if (name == "loky" and concurrency > 1 and automatic
-                and estimate_fold_seconds is not None):
-            seconds = estimate_fold_seconds()
-            if not worth_worker_processes(seconds):
-                concurrency, measured_short = 1, True
-                reason = (f"a fold takes about {seconds:.2f} s here (timed training steps), "
-                          f"less than the {MIN_FOLD_SECONDS_FOR_WORKERS} s that pays for "
-                          "starting worker processes: one fold after another")
-            else:
-                reason += f"; a fold takes about {seconds:.1f} s alone (timed training steps)"
-    if concurrency <= 1 and name != "dask":
-        name = "sequential"
-        # One fold at a time has the machine: the threads plugin's count stands.
-        planned_threads = plan.get("threads", "intra_op")
-        threads = fixed_threads or (int(planned_threads) if planned_threads else cores)
-        if not reason.startswith("sequential"):
-            reason = f"sequential: {reason}"
-    assert threads is not None
-    threads = int(threads)
-    measured = bool(memory_why) or measured_short
-    # Write the schedule into this plugin's settings, as the folds run.
-    values: dict[str, Any] = {"max_concurrent": concurrency, "threads_per_fold": threads}
-    if name in BACKENDS:
-        values["backend"] = name
+
+def _on_dask(folds: int, max_concurrent: int | None, fixed_threads: int | None,
+             dask_slots: Any) -> _Decision:
+    """As many folds as the cluster has worker threads for."""
+    if dask_slots is None:
+        raise ValueError("backend 'dask' needs the cluster's slots (dask_slots)")
+    slots, dask_threads, why = dask_slots()
+    return _Decision(max(1, min(max_concurrent or slots, folds)), fixed_threads or dask_threads,
+                     why)
+
+
+def _on_cuda(target: str, name: str, cap: int, folds: int, cores: int,
+             fixed_threads: int | None, measure_fold_memory: Any) -> _Decision:
+    """As many folds per GPU as fit in its free memory, by a measured peak."""
+    import torch
+
+    # device="cuda" spreads the folds over every GPU; "cuda:1" pins them.
+    spread = target == "cuda"
+    indices = list(range(torch.cuda.device_count())) if spread else \
+        [torch.device(target).index or 0]
+    concurrency = min(cap, folds)
+    per_fold, memory_why = 0, ""
+    if concurrency > 1 and measure_fold_memory is not None:
+        per_fold = measure_fold_memory(f"cuda:{indices[0]}")
+        if name == "loky":
+            per_fold += cuda_context_bytes(indices[0])  # one context per worker process
+        free = [torch.cuda.mem_get_info(i)[0] for i in indices]
+        slots = gpu_slots(free, per_fold)
+        concurrency = min(concurrency, slots * len(indices))
+        memory_why = (f"measured {per_fold / GIB:.2f} GiB per fold; {min(free) / GIB:.1f} GiB "
+                      f"free on the fullest of {len(indices)} GPU(s) -> {slots} per GPU "
+                      f"(x{GPU_MEMORY_SHARE} of free memory), at most {cap}")
+    gpus = min(len(indices), concurrency) if spread else 0
+    return _Decision(concurrency, fixed_threads or threads_for(cores, concurrency),
+                     memory_why or f"{concurrency} fold(s) at once on {max(gpus, 1)} GPU(s)",
+                     gpus=gpus, per_fold_bytes=per_fold, measured=bool(memory_why))
+
+
+def _on_cpu(name: str, cap: int, folds: int, cores: int, fixed_threads: int | None,
+            automatic: bool, estimate_fold_seconds: Any) -> _Decision:
+    """The usable cores split among the folds; folds too short to pay for
+    worker processes (timed) run one after another."""
+    concurrency = min(cap, folds)
+    threads = fixed_threads or threads_for(cores, concurrency)
+    reason = (f"{concurrency} fold(s) at once on {cores} usable cores, "
+              f"{threads} thread(s) each")
+    if not (name == "loky" and concurrency > 1 and automatic
+            and estimate_fold_seconds is not None):
+        return _Decision(concurrency, threads, reason)
+    seconds = estimate_fold_seconds()
+    if not worth_worker_processes(seconds):
+        return _Decision(1, threads, (
+            f"a fold takes about {seconds:.2f} s here (timed training steps), less than the "
+            f"{MIN_FOLD_SECONDS_FOR_WORKERS} s that pays for starting worker processes: one "
+            "fold after another"), measured=True)
+    return _Decision(concurrency, threads,
+                     reason + f"; a fold takes about {seconds:.1f} s alone (timed training steps)")
+
+
+def _write_schedule(plan: Any, values: Mapping[str, Any], measured: bool, reason: str) -> Any:
+    """``plan`` with the schedule in this plugin's settings, as the folds run."""
     for key, value in values.items():
         current = plan.setting(NAME, key)
         source = Source.MEASURED if measured and key == "max_concurrent" else Source.DEFAULT
@@ -300,11 +286,58 @@ def schedule(context: Context, plan: Any, folds: int, backend: str | None = None
             source = max(source, current.source, key=lambda s: s.rank)
         plan = plan.with_values(NAME, {key: value}, source, f"cross_validate: {reason}",
                                 force=True)
+    return plan
+
+
+def schedule(context: Context, plan: Any, folds: int, backend: str | None = None,
+             max_concurrent: int | None = None, threads_per_fold: int | None = None,
+             device: str = "cpu", measure_fold_memory: Any = None,
+             estimate_fold_seconds: Any = None, dask_slots: Any = None) -> Any:
+    """How ``folds`` folds run under this plugin's settings in ``plan`` (see
+    the module docstring); ``None`` when the plan has none of them."""
+    if NAME not in plan:
+        return None
+    plan = _with_arguments(plan, max_concurrent, threads_per_fold, backend)
+    name = backend or plan.get(NAME, "backend", "loky")
+    cores = context.hardware.cpu.worker_budget
+    cap = int(plan.get(NAME, "max_concurrent", 1) or 1)
+    threads_setting = plan.setting(NAME, "threads_per_fold")
+    fixed_threads = threads_per_fold or (threads_setting.value if threads_setting is not None
+                                         and threads_setting.source is not Source.DEFAULT else None)
+    if name == "dask":
+        decision = _on_dask(folds, max_concurrent, fixed_threads, dask_slots)
+    elif name == "sequential" or not folds:
+        decision = _Decision(1, None, "sequential: one fold after another in this process")
+    elif device.startswith("cuda"):
+        decision = _on_cuda(device, name, cap, folds, cores, fixed_threads, measure_fold_memory)
+    else:
+        # Only a default choice is second-guessed: an explicit backend or
+        # max_concurrent (argument, override or profile) is what runs.
+        chosen = plan.setting(NAME, "max_concurrent")
+        automatic = (backend is None and max_concurrent is None and chosen is not None
+                     and chosen.source is Source.DEFAULT)
+        decision = _on_cpu(name, cap, folds, cores, fixed_threads, automatic,
+                           estimate_fold_seconds)
+    concurrency, threads, reason = decision.concurrency, decision.threads, decision.reason
+    if concurrency <= 1 and name != "dask":
+        name = "sequential"
+        # One fold at a time has the machine: the threads plugin's count stands.
+        planned_threads = plan.get("threads", "intra_op")
+        threads = fixed_threads or (int(planned_threads) if planned_threads else cores)
+        if not reason.startswith("sequential"):
+            reason = f"sequential: {reason}"
+    assert threads is not None
+    threads = int(threads)
+    values: dict[str, Any] = {"max_concurrent": concurrency, "threads_per_fold": threads}
+    if name in BACKENDS:
+        values["backend"] = name
+    plan = _write_schedule(plan, values, decision.measured, reason)
     workers = loader_workers_cap(threads, concurrency)
+    gpus = decision.gpus
     return FoldPlan(backend=name, concurrency=concurrency, threads_per_fold=threads,
                     loader_workers=workers if concurrency > 1 else None,
                     devices=tuple(fold_device(i, gpus) for i in range(gpus)),
-                    reason=reason, per_fold_memory_bytes=per_fold,
+                    reason=reason, per_fold_memory_bytes=decision.per_fold_bytes,
                     settings=dict(plan.settings[NAME]))
 
 

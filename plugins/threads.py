@@ -18,17 +18,24 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from autotune.sdk import (
-    THREAD_ENV_VARIABLES, Context, Hardware, Knob, Setting, Share, Source, Workload, default,
-    from_profile, hookimpl, parse_options, set_threads, true_or_false, whole_number)
+    THREAD_ENV_VARIABLES, Context, Hardware, Knob, PluginOptions, Setting, Share, Source, Workload,
+    default, from_profile, hookimpl, option, parse_options, set_threads, true_or_false,
+    whole_number)
 
 NAME = "threads"
 
 
 @dataclass(frozen=True)
-class Options:
-    intra_op: int | None = None
-    inter_op: int | None = None
-    set_env: bool = False
+class Options(PluginOptions):
+    intra_op: int | None = option(None, "torch.set_num_threads", minimum=1)
+    inter_op: int | None = option(None, "torch.set_num_interop_threads; null: leave as is",
+                                  minimum=1, null=True)
+    set_env: bool = option(False, "export OMP_NUM_THREADS / MKL_NUM_THREADS for child processes")
+
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None,
@@ -51,7 +58,9 @@ def propose(hardware: Hardware, profile_options: Mapping[str, Any] | None = None
     return {"intra_op": intra, "inter_op": inter, "set_env": env}
 
 
-@hookimpl
+# First in the plan: the tuner searches plugins of equal prior in plan order,
+# and thread counts before the optimizer's kernels is the order it measures.
+@hookimpl(tryfirst=True)
 def autotune_configure(context: Context) -> dict[str, Setting]:
     return propose(context.hardware, context.options_for(NAME), context.workload)
 
@@ -80,7 +89,9 @@ ENV_VARIABLES = THREAD_ENV_VARIABLES
 apply_threads = set_threads
 
 
-@hookimpl
+# First: the pools are sized before any other plugin sets up (and their
+# restore, registered first, runs last at close).
+@hookimpl(tryfirst=True)
 def autotune_setup_engine(engine: Any, plan: Any) -> None:
     values = plan.values(NAME)
     engine.on_close(apply_threads(values.get("intra_op"), values.get("inter_op"),

@@ -10,6 +10,11 @@ import types
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
+from autotune import Workload, make_plan
+from autotune.testing import cpu_laptop
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "### Lightning, Hugging Face Trainer, Accelerate"
 
@@ -31,15 +36,9 @@ def planned(overrides: Mapping[str, Mapping[str, Any]] | None = None, *, hardwar
     model. Unless the overrides say otherwise, the plan keeps this process's
     thread count and, without a loader, loading in the main process (there
     is no loader to rebuild): what is left are the settings a test asks for."""
-    from autotune.plugin.context import Workload
-    from autotune.planner import make_plan
-    from autotune.testing import cpu_laptop
-
     workload = Workload.inspect(model, loader)
     if optimizer is not None:
         workload = dataclasses.replace(workload, optimizer=optimizer)
-    import torch
-
     overrides = dict(overrides or {})
     if loader is None:
         overrides.setdefault("dataloader", {"num_workers": 0, "pin_memory": False})

@@ -14,8 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import autotune
 from autotune.errors import TrainingError
-from autotune.plugin.manager import BUILTIN_PLUGINS
-from autotune.testing import plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, plugin_manager
 from autotune.tuner import SearchOptions, TrialOptions
 
 #: Short trials: these tests check that trials run on these models, not speed.

@@ -10,8 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import autotune
-from autotune.plugin.manager import BUILTIN_PLUGINS
-from autotune.testing import plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, plugin_manager
 from autotune.tuner import SearchOptions, TrialOptions
 
 transformers = pytest.importorskip("transformers")

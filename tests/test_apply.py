@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import autotune
 from autotune.api import Tuned, apply, apply_plan
 from autotune.errors import AutotuneError, PluginError
-from autotune.plugin.hookspecs import hookimpl
+from autotune.plugin.markers import hookimpl
 from autotune.plugin.manager import PluginWarning
 from autotune.testing import plugin_manager
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import autotune
 from autotune.bridges import Change, changes, runtime
+from autotune.bridges.translate import ANY_KEY, Row, lines, options
 from autotune.bridges import accelerate as accelerate_bridge
 from autotune.bridges import huggingface as hf_bridge
 from autotune.bridges import lightning as lightning_bridge
@@ -84,11 +85,14 @@ def test_lightning_states_each_setting_it_cannot_apply(caplog):
         lightning_bridge.trainer_kwargs(tuned)
     lines = lightning_bridge.unsupported(tuned)
     names = [line.split("=", 1)[0] for line in lines]
-    assert names == ["mixed_precision.tf32", "clipping.norm_type", "clipping.clip_value",
-                     "compile.mode", "optimizer.implementation"]
+    # In plan order: the built-ins register by name (threads first).
+    assert names == ["clipping.norm_type", "clipping.clip_value", "compile.mode",
+                     "mixed_precision.tf32", "optimizer.implementation"]
     assert all("\n" not in line for line in lines)
-    assert "torch.compile(model, mode='max-autotune')" in lines[3]
-    assert "fused=True" in lines[4] and "configure_optimizers" in lines[4]
+    line = dict(zip(names, lines))
+    assert "torch.compile(model, mode='max-autotune')" in line["compile.mode"]
+    assert ("fused=True" in line["optimizer.implementation"]
+            and "configure_optimizers" in line["optimizer.implementation"])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == lines
 
@@ -155,6 +159,44 @@ def test_huggingface_states_what_it_cannot_apply():
     assert [line.split("=", 1)[0] for line in lines] == [
         "clipping.clip_value", "compile.fullgraph", "optimizer.implementation"]
     assert "optimizers=(" in lines[2] and "SGD" in lines[2]
+
+
+BRIDGES = (lightning_bridge, hf_bridge, accelerate_bridge)
+
+
+def test_each_setting_has_one_row_in_a_bridges_table():
+    for bridge in BRIDGES:
+        names = [(row.plugin, row.key) for row in bridge.TABLE]
+        assert len(names) == len(set(names)), bridge.__name__
+
+
+def test_an_option_for_a_bridge_is_one_table_row(monkeypatch, caplog):
+    tuned = planned({"mixed_precision": {"tf32": True}}, hardware=h100_box())
+    assert lightning_bridge.unsupported(tuned)[0].startswith("mixed_precision.tf32=True: "
+                                                             "Lightning has no Trainer option")
+    row = Row("mixed_precision", "tf32", options=lambda value, tuned: {"tf32": bool(value)})
+    monkeypatch.setattr(lightning_bridge, "TABLE", tuple(
+        r for r in lightning_bridge.TABLE if (r.plugin, r.key) != (row.plugin, row.key)) + (row,))
+    with caplog.at_level(logging.INFO, logger="autotune.bridges.lightning"):
+        kwargs = lightning_bridge.trainer_kwargs(tuned)
+    assert kwargs["tf32"] is True and lightning_bridge.unsupported(tuned) == []
+    assert "mixed_precision.tf32=True: tf32=True" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_row_decides_between_its_two_lines():
+    tuned = planned({"accumulation": {"steps": 4}, "clipping": {"max_norm": 1.0},
+                     "channels_last": {"enabled": True}})
+    table = (Row("accumulation", "steps", options=lambda value, tuned: {"steps": value},
+                 says="{options} (from {key}={value})"),
+             Row("clipping", ANY_KEY, instead="clip {key} to {value} yourself",
+                 takes=lambda change, tuned: change.value > 5))
+    assert options(table, tuned) == {"steps": 4}, "an any-key row sets no option"
+    applied, missing = lines(table, tuned, "This trainer")
+    assert applied == ["accumulation.steps=4: steps=4 (from steps=4)"]
+    assert sorted(missing) == [
+        "channels_last.enabled=True: applied by autotune's own engine (tuned.engine); This "
+        "trainer has no equivalent, so it is not applied",        # a setting without a row
+        "clipping.max_norm=1.0: clip max_norm to 1.0 yourself"]
 
 
 class ConvNet(nn.Module):

@@ -21,8 +21,9 @@ from cli_helpers import run_error
 from autotune.cli import build_parser, main, verbosity
 from autotune.cli.output import table, warnings_as_lines
 from autotune.machine.hardware import Hardware
-from autotune.plugin.manager import BUILTIN_PLUGINS, PluginWarning
+from autotune.plugin.manager import PluginWarning
 from autotune.plan.plan import Plan
+from autotune.testing import BUILTIN_PLUGINS
 
 BUILTIN_PROFILES = {"a100", "generic_cpu", "generic_cuda", "h100", "rtx4090", "rtx5080_7950x"}
 

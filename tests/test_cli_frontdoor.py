@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import run_error
-from autotune.cli import build_parser, main
-from autotune.cli.bench import WORKLOAD_NAMES
+from autotune.cli import COMMANDS, build_parser, command, main
+from autotune.cli.parsers import WORKLOAD_NAMES
 from autotune.cli.core import parse_overrides
 
 #: Runs ``autotune ARGV`` for each ARGV in turn in one fresh interpreter and
@@ -93,6 +93,14 @@ def test_the_check_sees_torch_when_a_command_module_imports_it():
     # (bench once imported autotune.bench.workloads) is what it must catch.
     results = fresh_run([["--version"]], preload="import autotune.bench.workloads")
     assert first_to_import_torch(results) == ["--version"]
+
+
+def test_every_command_has_the_function_that_runs_it():
+    # The parser (argparse only) and the table of what runs each command are
+    # written apart; a command in one and not the other would fail when run.
+    top = {c[0] for c in subcommands(build_parser()) if len(c) == 1}
+    assert top == set(COMMANDS)
+    assert all(callable(command(name)) for name in COMMANDS)
 
 
 def test_bench_offers_exactly_the_library_workloads():

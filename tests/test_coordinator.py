@@ -357,10 +357,13 @@ def test_a_plugin_can_hand_fit_another_loader_each_epoch():
 def test_a_tuning_trials_engine_is_never_changed_live(coordinator):
     tuned = small_job(Slowdown())
     assert tuned.plan.get("daemon", "job") is not None
-    engine = engine_for(tuned, trial=True)
+    with engine_for(tuned) as trained:  # a training engine gets the daemon plugin's adapter
+        assert trained.live_adapters == (trained.plugin_state("daemon")["live"],)
+    engine = engine_for(tuned, live=())  # as the tuner builds its trials
     with engine:
         engine.fit(tuned.loader, epochs=6)
-        assert engine.plugin_state("daemon")["live"].changes == []
+        assert engine.live_adapters == () and "live" not in engine.plugin_state("daemon")
+        assert engine.describe()["live_changes"] == []
         assert {delay for _, delay in engine.plugin_state("slowdown")["used"]} == {0.0}
 
 

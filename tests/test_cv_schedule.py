@@ -195,7 +195,8 @@ def test_a_fold_schedule_that_is_no_fold_plan_fails_that_plugin_only():
 
 
 def test_a_resource_share_caps_threads_and_loader_workers():
-    from autotune.plan.resources import Share, share_plan
+    from autotune.plan.resources import Share
+    from autotune.plugin.manager import share_plan
 
     hardware = fake_hardware(cpu=fake_cpu(physical_cores=16, logical_cores=16))
     planned = make_plan(hardware=hardware, manager=plugin_manager(),

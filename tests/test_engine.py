@@ -140,10 +140,36 @@ def test_fp16_grad_scaler_skips_overflowing_steps_and_the_scheduler_waits() -> N
         assert mixed_precision.autocast_dtype(engine) is torch.float16
         assert mixed_precision.grad_scaler(engine) is not None
         history = engine.fit(DataLoader(InfAt(bad=2), batch_size=2))  # batch 2 of 3 overflows
-    assert engine.skipped_steps == 1 and history[-1].skipped_steps == 1
+    assert mixed_precision.skipped_steps(engine) == 1
+    assert history[-1].extra["mixed_precision.skipped_steps"] == 1
     assert engine.optimizer_steps == 3
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25)  # 2 of 3 steps counted
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_what_a_plugin_measures_is_its_own_metric() -> None:
+    # The engine has no field for either: each plugin reports it under its name.
+    plan, manager = only("clipping", overrides={"clipping": {"max_norm": 1e-3}})
+    with engine_for(make_model(), plan, manager) as engine:
+        history = engine.fit(DataLoader(make_data(), batch_size=5), epochs=2)
+    norms = history.column("clipping.grad_norm")
+    assert len(norms) == 2 and all(norm > 1e-3 for norm in norms)  # the pre-clip norm
+    assert norms == [e.extra["clipping.grad_norm"] for e in history]
+    assert f"clipping.grad_norm {norms[-1]:.3g} |" in history[-1].summary()
+    with pytest.raises(AutotuneError, match="no metric 'grad_norm'.*measured: clipping.grad_norm"):
+        history.column("grad_norm")
+    # The fp16 scaler's skipped steps: per epoch, over the engine's life, and in checkpoints.
+    plan, manager = only("mixed_precision", overrides={
+        "mixed_precision": {"dtype": "fp16", "grad_scaler": True}})
+    with engine_for(make_model(), plan, manager) as engine:
+        history = engine.fit(DataLoader(InfAt(bad=2), batch_size=2), epochs=2)
+        state = engine.state_dict()
+    assert history.column("mixed_precision.skipped_steps") == [1.0, 1.0]
+    assert mixed_precision.skipped_steps(engine) == 2
+    assert state["plugins"]["mixed_precision"]["skipped_steps"] == 2
+    with engine_for(make_model(), plan, manager) as restored:
+        restored.load_state_dict(state)
+        assert mixed_precision.skipped_steps(restored) == 2
 
 
 def test_clip_by_value_as_well_as_norm() -> None:

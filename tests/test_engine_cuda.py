@@ -47,7 +47,8 @@ def test_fp16_with_grad_scaler_on_cuda_counts_skipped_steps() -> None:
         assert scaler is not None and scaler.is_enabled()
         history = engine.fit(tuned.loader)
     assert set(dtypes) == {torch.float16}
-    skipped = history[-1].skipped_steps
+    skipped = int(history[-1].extra["mixed_precision.skipped_steps"])
+    assert skipped == mixed_precision.skipped_steps(engine)
     assert skipped >= 1 and engine.optimizer_steps == 4  # at least the inf batch
     # The scheduler moved only on the steps that ran.
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** (4 - skipped))

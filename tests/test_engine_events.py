@@ -16,10 +16,9 @@ from autotune import hookimpl
 from autotune.plugin.context import Workload
 from autotune.engine.engine import Engine
 from autotune.errors import TrainingError
-from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.plan.plan import Setting, default
 from autotune.planner import make_plan
-from autotune.testing import plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, plugin_manager
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -377,3 +376,69 @@ def test_a_failed_step_is_offered_to_the_plugins_and_retried() -> None:
         engine.train_step(next(iter(loader())))
     assert retry.reasons == ["RuntimeError during training: kernel not found"]
     assert engine.optimizer_steps == 1
+
+
+class Changes:
+    """A live adapter (autotune.engine.step.LiveHook) that records when the engine calls it."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def at_epoch_start(self, epoch: int) -> None:
+        self.log.append(f"adapter epoch {epoch}")
+
+    def at_step(self) -> None:
+        self.log.append("adapter step")
+
+
+class MakesAnAdapter:
+    NAME = "makes_an_adapter"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def autotune_configure(self):
+        return {"on": default(True, "test")}
+
+    @hookimpl
+    def autotune_live_adapter(self, engine, plan):
+        self.calls.append("live_adapter")
+        return Changes(self.calls)
+
+    @hookimpl
+    def autotune_epoch_start(self, engine, epoch):
+        self.calls.append(f"epoch_start {epoch}")
+
+    @hookimpl
+    def autotune_after_optimizer_step(self, engine):
+        self.calls.append("after_optimizer_step")
+
+
+def test_live_adapters_are_the_plugins_unless_the_builder_names_them() -> None:
+    plugin = MakesAnAdapter()
+    with engine_with(plugin) as engine:
+        assert [type(a) for a in engine.live_adapters] == [Changes]
+        assert engine.describe()["step_hooks"]["live_adapter"] == ["makes_an_adapter"]
+        engine.fit(DataLoader(TensorDataset(torch.randn(4, 4), torch.zeros(4, dtype=torch.long)),
+                              batch_size=2))
+    # Made once, after set-up; called after the plugins' own epoch and step events.
+    assert plugin.calls == ["live_adapter", "epoch_start 1", "adapter epoch 1",
+                            "after_optimizer_step", "adapter step",
+                            "after_optimizer_step", "adapter step"]
+    # A tuner's trial is built with none: the hook is not asked, nothing is called.
+    plugin.calls.clear()
+    net = model()
+    planned = make_plan(workload=Workload.inspect(net, loader()), manager=plugin_manager(
+        plugins=[plugin], disable=BUILTIN_PLUGINS))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    with Engine(net, optimizer, nn.functional.cross_entropy, planned.plan,
+                manager=planned.manager, progress=False, live=()) as trial:
+        trial.fit(loader(), max_steps=1)
+    assert trial.live_adapters == () and plugin.calls == ["epoch_start 1", "after_optimizer_step"]
+    # Or the builder names them: made from the engine, driven the same way.
+    seen: list[str] = []
+    with Engine(net, optimizer, nn.functional.cross_entropy, live=[lambda e: Changes(seen)],
+                progress=False) as own:
+        own.fit(loader(), max_steps=1)
+    assert seen == ["adapter epoch 1", "adapter step"]

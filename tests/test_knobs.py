@@ -15,9 +15,8 @@ import torch
 from autotune import hookimpl, make_plan
 from autotune.plugin.context import Workload
 from autotune.plan.knobs import Effect, Knob
-from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.plan.plan import Plan, Setting, Source
-from autotune.testing import cpu_laptop, h100_box, plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, cpu_laptop, h100_box, plugin_manager
 
 
 class Dropper:

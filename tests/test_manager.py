@@ -14,10 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from autotune import hookimpl, make_plan
 from autotune.plugin.context import Context
 from autotune.errors import PluginError, ProfileError
-from autotune.plugin.manager import BUILTIN_PLUGINS, PluginManager, PluginWarning
+from autotune.plugin import registry, specs
+from autotune.plugin.manager import PluginManager, PluginWarning
 from autotune.plan.plan import default
 from autotune.profile import load_profiles
-from autotune.testing import HookRecorder, cpu_laptop, plugin_manager, rtx5080_7950x
+from autotune.testing import (BUILTIN_PLUGINS, HookRecorder, cpu_laptop, plugin_manager,
+                              rtx5080_7950x)
 
 
 def plugin_module(name: str, **hooks) -> types.ModuleType:
@@ -124,7 +126,7 @@ def test_disable_argument_blocks_before_loading():
     planned = make_plan(hardware=cpu_laptop(), disable=["compile"])
     assert "compile" not in planned.plan
     assert planned.plan.disabled["compile"] == "disabled by disable=[...]"
-    assert planned.manager._pm.is_blocked("compile")
+    assert planned.manager.registry.is_blocked("compile")
 
 
 def test_disable_env_variable(monkeypatch):
@@ -387,8 +389,7 @@ def test_a_plugin_not_autoloaded_does_not_hold_its_name(tmp_path, monkeypatch) -
         "@hookimpl\ndef autotune_configure(context):\n    return {}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     installed = metadata.EntryPoint("knob", "installed_knob", "autotune")
-    monkeypatch.setattr(PluginManager, "_entry_points",
-                        staticmethod(lambda: ({}, {"knob": installed})))
+    monkeypatch.setattr(registry, "entry_points", lambda: ({}, {"knob": installed}))
     import installed_knob
 
     with warnings.catch_warnings():
@@ -398,3 +399,61 @@ def test_a_plugin_not_autoloaded_does_not_hold_its_name(tmp_path, monkeypatch) -
     assert (info.origin, info.status) == ("object", "loaded")
     not_loaded = PluginManager(autoload=False).load()
     assert next(i for i in not_loaded.plugin_infos() if i.name == "knob").status == "not autoloaded"
+
+
+# -- the contract: spec modules, generic calls, the order of the built-ins -----------------
+
+
+def test_every_spec_module_is_part_of_the_contract():
+    # The manager registers each module of autotune.plugin.specs: a phase is
+    # a module, and a plugin may implement any hook of any of them.
+    names = {name for module in specs.MODULES for name in vars(module)
+             if hasattr(getattr(module, name), "autotune_spec")}
+    assert names == set(specs.HOOK_NAMES)
+    hooks = plugin_manager().load().registry
+    assert all(hasattr(hooks._pm.hook, name) for name in names)
+    engine_events = set(specs.step_hook_names())
+    assert {"autotune_prepare_inputs", "autotune_epoch_end", "autotune_live_adapter",
+            "autotune_describe_engine"} <= engine_events
+    assert not engine_events & {"autotune_configure", "autotune_apply_model",
+                                "autotune_resource_share"}
+
+
+def test_a_new_hook_is_its_spec_and_its_caller(monkeypatch):
+    """A hook added to the contract needs no new manager code: its spec
+    names its check, the caller uses a generic call."""
+    from autotune.plugin import answers
+    from autotune.plugin.markers import checked_by, hookspec
+
+    phase = types.ModuleType("autotune.plugin.specs.extra")
+
+    @hookspec
+    @checked_by(answers.micro_batches)
+    def autotune_extra(plan):
+        """:param plan: the plan. :return: an integer >= 1, or None."""
+
+    autotune_extra.__module__ = phase.__name__
+    phase.autotune_extra = autotune_extra
+    monkeypatch.setattr(specs, "MODULES", (*specs.MODULES, phase))
+    monkeypatch.setattr(specs, "SPECS", {**specs.SPECS, "autotune_extra": autotune_extra})
+    good = plugin_module("good", autotune_extra=hookimpl(lambda plan: 3))
+    bad = plugin_module("bad", autotune_extra=hookimpl(lambda: "three"))
+    manager = plugin_manager(plugins=[good, bad], disable=BUILTIN_PLUGINS)
+    with pytest.warns(PluginWarning, match="'bad' failed in autotune_extra.*integer >= 1"):
+        assert manager.each("autotune_extra", {"plan": None}) == {"good": 3}
+    assert manager.first("autotune_extra", {"plan": None}) == ("good", 3)
+
+
+def test_builtins_order_themselves_on_the_hooks_where_order_matters():
+    # Registration order is the order of the names; each plugin's own
+    # markers put threads first and the fp16 scaler before the others.
+    assert BUILTIN_PLUGINS == tuple(sorted(BUILTIN_PLUGINS))
+    manager = plugin_manager()
+    assert manager.names() == list(BUILTIN_PLUGINS)
+    plan = make_plan(hardware=cpu_laptop(), manager=manager).plan
+    assert plan.plugins()[0] == "threads"
+    assert manager.implementers("autotune_setup_engine")[0] == "threads"
+    assert manager.implementers("autotune_transform_loss") == ["mixed_precision", "accumulation"]
+    assert manager.implementers("autotune_before_optimizer_step") == [
+        "mixed_precision", "accumulation", "clipping"]
+    assert manager.implementers("autotune_apply_model") == ["channels_last", "compile"]

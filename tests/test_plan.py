@@ -13,10 +13,9 @@ from autotune import make_plan
 from autotune.plugin.context import Workload
 from autotune.errors import PlanError
 from autotune.plan.knobs import Effect
-from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.plan.plan import Plan, Setting, Source
-from autotune.testing import (a100_box, cpu_laptop, fake_cpu, fake_gpu, fake_hardware, h100_box,
-                              plugin_manager, rtx4090_box, rtx5080_7950x)
+from autotune.testing import (BUILTIN_PLUGINS, a100_box, cpu_laptop, fake_cpu, fake_gpu,
+                              fake_hardware, h100_box, plugin_manager, rtx4090_box, rtx5080_7950x)
 
 PRESETS = [rtx5080_7950x, h100_box, a100_box, rtx4090_box, cpu_laptop]
 

@@ -15,8 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 import autotune
-from autotune.plugin.manager import BUILTIN_PLUGINS
-from autotune.testing import plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, plugin_manager
 
 BATCH = 4
 
@@ -170,13 +169,13 @@ def check_clipping(run: Run, on: bool) -> None:
     seen = run.grads_at_step[0]
     if on:
         assert total_norm(seen) == pytest.approx(MAX_NORM, rel=1e-3)
-        assert run.engine.history[-1].grad_norm is not None
+        assert run.engine.history[-1].extra.get("clipping.grad_norm") is not None
         # The recorded norm is the pre-clip one, i.e. the plain gradient's.
         for name, grad in plain.items():
             torch.testing.assert_close(seen[name], grad * (MAX_NORM / total_norm(plain)),
                                        rtol=1e-3, atol=1e-7)
     else:
-        assert run.engine.history[-1].grad_norm is None
+        assert run.engine.history[-1].extra.get("clipping.grad_norm") is None
         for name, grad in plain.items():
             torch.testing.assert_close(seen[name], grad, rtol=1e-5, atol=1e-7)
 
@@ -242,7 +241,8 @@ def check_daemon(run: Run, on: bool) -> None:
     plan = run.tuned.plan
     assert "daemon" not in plan
     assert ("daemon" in plan.disabled) is not on
-    assert "daemon" not in run.engine.describe()["step_hooks"].get("epoch_start", [])
+    assert not any("daemon" in plugins for plugins in run.engine.describe()["step_hooks"].values())
+    assert run.engine.live_adapters == ()
     assert run.engine.optimizer_steps == 2
 
 

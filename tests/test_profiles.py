@@ -9,6 +9,7 @@ import pytest
 
 from autotune import make_plan
 from autotune.errors import ProfileError
+from autotune.plugin.options import option_schemas
 from autotune.profile import builtin_profile_dir, explain, load_file, load_profiles, recommend
 from autotune.testing import (a100_box, cpu_laptop, fake_gpu, fake_hardware, h100_box,
                               plugin_manager, rtx4090_box, rtx5080_7950x)
@@ -211,8 +212,11 @@ BAD_PROFILES = {
 def test_malformed_profile_names_file_key_and_reason(tmp_path, name):
     text, key, reason = BAD_PROFILES[name]
     path = write_profile(tmp_path, name, text)
+    # The built-ins' sections are checked against their own Options, as
+    # make_plan and the CLI load profiles: through the installed plugins.
+    options = option_schemas(plugin_manager().each("autotune_options", {}))
     with pytest.raises(ProfileError) as info:
-        load_file(path)
+        load_file(path, options=options)
     message = str(info.value)
     assert str(path) in message
     assert info.value.file == str(path)

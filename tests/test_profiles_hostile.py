@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch  # noqa: F401  (the CLI loads plugins, which import torch: pay it at collection)
 
-from autotune import profile as profile_module
 from autotune.cli import main
 from autotune.errors import ProfileError
 from autotune.profile import MAX_DEPTH, MAX_PROFILE_BYTES, MAX_VALUES, load_file, load_profiles
+from autotune.profile import yaml_safe
 
 
 def write(directory: Path, filename: str, data: str | bytes) -> Path:
@@ -152,7 +152,7 @@ def test_nesting_up_to_the_limit_is_fine(tmp_path):
 
 
 def test_too_many_values_are_refused_while_parsing(tmp_path, monkeypatch):
-    monkeypatch.setattr(profile_module, "MAX_VALUES", 50)
+    monkeypatch.setattr(yaml_safe, "MAX_VALUES", 50)  # the limit lives where YAML is read
     path = write(tmp_path, "many.yaml", "name: many\nplugins:\n  x: {list: [" + "1, " * 100 + "1]}\n")
     assert str(load_error(path)).endswith(
         "many.yaml: has more than 50 values (at line 3, column 137); a profile may have at most 50")

@@ -13,7 +13,7 @@ from autotune.telemetry import (Diagnosis, Sample, Sampler, StepRecord, Telemetr
                                 diagnose, findings, read_timeline)
 from autotune.telemetry.plot import plot_timeline
 from autotune.telemetry.sampler import GPUSample
-from autotune.telemetry.timeline import open_append, sample_record, step_record, write_line
+from autotune.telemetry.jsonl import open_append, sample_record, step_record, write_line
 
 GIB = 1024**3
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from autotune.telemetry import read_timeline
-from autotune.telemetry.timeline import open_append
+from autotune.telemetry.jsonl import open_append
 
 AUTOTUNE = [sys.executable, "-m", "autotune"]
 PNG = b"\x89PNG\r\n\x1a\n"

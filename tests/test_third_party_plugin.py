@@ -16,8 +16,7 @@ import torch
 
 from autotune import make_plan
 from autotune.errors import ProfileError
-from autotune.plugin.manager import BUILTIN_PLUGINS
-from autotune.testing import cpu_laptop, plugin_manager, rtx5080_7950x
+from autotune.testing import BUILTIN_PLUGINS, cpu_laptop, plugin_manager, rtx5080_7950x
 from venv_helpers import clean_env, install_in_throwaway_venv, load_from_source
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,10 +22,9 @@ import autotune
 from autotune import hookimpl
 from autotune.plugin.context import Workload
 from autotune.plan.knobs import LOADER, Knob
-from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.plan.plan import Setting, Source
 from autotune.planner import make_plan
-from autotune.testing import plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, plugin_manager
 from autotune.tuner import SearchOptions, Status, TrialOptions, tune
 from autotune.tuner.budget import Budget
 from autotune.tuner.cache import cache_dir

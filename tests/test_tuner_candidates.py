@@ -12,11 +12,10 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from autotune import hookimpl
 from autotune.plugin.context import Workload
-from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.plan.plan import Setting, Source
 from autotune.planner import make_plan
 from autotune.plugins import channels_last, compile, dataloader, mixed_precision, threads
-from autotune.testing import cpu_laptop, fake_hardware, h100_box, plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, cpu_laptop, fake_hardware, h100_box, plugin_manager
 from autotune.tuner.candidates import UNKNOWN_PRIOR, baseline_config
 from autotune.tuner.search import search_groups
 

@@ -18,10 +18,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autotune import hookimpl
 from autotune.plugin.context import Workload
-from autotune.plugin.manager import BUILTIN_PLUGINS
 from autotune.plan.plan import Setting, Source
 from autotune.planner import make_plan
-from autotune.testing import plugin_manager
+from autotune.testing import BUILTIN_PLUGINS, plugin_manager
 from autotune.tuner import SearchOptions, TrialOptions, tune
 from autotune.tuner.budget import Budget
 

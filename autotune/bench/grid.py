@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from autotune.tuner.candidates import Config, restrict
-from autotune.tuner.report import Trial
+from autotune.tuner.records import Trial
 from autotune.tuner.runner import TrialRunner
 from autotune.tuner.search import Search
 

@@ -21,23 +21,27 @@ import statistics
 import textwrap
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from autotune.plugin.context import Workload
-from autotune.planner import make_plan
-from autotune.tuner.candidates import Config
+from autotune.applying import resolve_device
 from autotune.bench.grid import grid_configs, measure_grid
-from autotune.tuner.report import Trial, TuningReport
-from autotune.tuner.runner import TrialRunner, Workbench
-from autotune.tuner.search import Search, SearchOptions, search_groups
-from autotune.tuner.state import Snapshot
-from autotune.tuner.trial import TrialOptions
-from autotune.tuner.tuning import tune
+from autotune.bench.provenance import loadavg, utc_now
 from autotune.bench.workloads import ReferenceWorkload, get_workload
+from autotune.display import tables
+from autotune.machine.detect import cpu_id, detect
+from autotune.planner import make_plan
+from autotune.plugin.context import Workload
+from autotune.tuner.candidates import Config, baseline_config, searched_plugins
+from autotune.tuner.options import SearchOptions, TrialOptions
+from autotune.tuner.records import Trial
+from autotune.tuner.report import TuningReport
+from autotune.tuner.runner import TrialRunner, Workbench
+from autotune.tuner.search import Search, search_groups
+from autotune.tuner.state import Snapshot
+from autotune.tuner.tuning import tune
 
 log = logging.getLogger("autotune.tuner")
 
@@ -86,14 +90,12 @@ class BenchResult:
         return a.samples_per_s / b.samples_per_s
 
     def table(self) -> str:
-        from autotune.display.tables import table
-
         rows = []
         for h in self.headlines:
             rows.append([h.name, f"{h.samples_per_s:.1f}" if h.samples_per_s else "-",
                          f"{h.step_ms:.1f}" if h.step_ms else "-",
                          f"{self.ratio(h.name):.2f}x" if self.ratio(h.name) else "-", h.label])
-        text = table(rows, ["", "samples/s", "ms/step", "vs defaults", "settings"])
+        text = tables.table(rows, ["", "samples/s", "ms/step", "vs defaults", "settings"])
         tuned_vs_grid = self.ratio("tuned", "grid best")
         if tuned_vs_grid is not None:
             text += f"\ntuned reaches {tuned_vs_grid:.0%} of the grid's best"
@@ -109,7 +111,7 @@ class BenchResult:
         lines = [f"command: {command}"] if command else []
         lines += [
             f"date: {self.date or '?'}",
-            f"cpu: {m.get('cpu', '?')}{_cpu_id(m.get('cpu_id'))}, "
+            f"cpu: {m.get('cpu', '?')}{_cpu_numbers(m.get('cpu_id'))}, "
             f"{m.get('usable_cores', '?')} usable cores, flags "
             f"{' '.join(m.get('cpu_flags', [])) or 'none'}",
             f"gpu: {gpus}; CUDA {m.get('cuda') or 'none'}; device used {self.device}",
@@ -143,21 +145,12 @@ class BenchResult:
                    data.get("date", ""), data.get("loadavg_before"), data.get("loadavg_after"))
 
 
-def loadavg() -> list[float] | None:
-    """The 1-, 5- and 15-minute load averages (None where the OS has none)."""
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
 def _load(value: list[float] | None) -> str:
     return "-" if not value else f"{value[0]:.2f}"
 
 
-def _cpu_id(cpu_id: Mapping[str, str] | None) -> str:
-    return f" ({', '.join(f'{k} {v}' for k, v in cpu_id.items())})" if cpu_id else ""
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _cpu_numbers(numbers: Mapping[str, str] | None) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in numbers.items())})" if numbers else ""
 
 
 def machine_facts() -> dict[str, Any]:
@@ -167,14 +160,9 @@ def machine_facts() -> dict[str, Any]:
     The one description every benchmark result records. ``cpu_id`` adds
     /proc/cpuinfo's family, model and stepping numbers: a VM may name its
     CPU only "AMD EPYC", and they still tell one generation from another."""
-    from autotune.machine.detect import _read_proc_cpuinfo, detect
-
     hardware = detect()
     cuda_ran = hardware.cuda_available
-    info = _read_proc_cpuinfo()
-    cpu_id = {key: info[name] for key, name in (("family", "cpu family"), ("model", "model"),
-                                                ("stepping", "stepping")) if name in info}
-    return {"cpu": hardware.cpu.brand, "cpu_id": cpu_id or None, "vendor": hardware.cpu.vendor,
+    return {"cpu": hardware.cpu.brand, "cpu_id": cpu_id() or None, "vendor": hardware.cpu.vendor,
             "arch": hardware.cpu.arch, "cpu_flags": list(hardware.cpu.flags),
             "has_bf16": hardware.cpu.has_bf16,
             "physical_cores": hardware.cpu.physical_cores,
@@ -225,8 +213,6 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
     """Tune ``workload`` (a name from :data:`autotune.bench.workloads.WORKLOADS`
     or a :class:`~autotune.bench.workloads.ReferenceWorkload`) and measure
     defaults vs tuned (vs the grid's best)."""
-    from autotune.applying import resolve_device
-
     started = time.perf_counter()
     date, load_before = utc_now(), loadavg()
     machine = machine_facts()
@@ -277,9 +263,6 @@ def confirm_configs(workload: str | ReferenceWorkload,
     of two searches with different budgets) back to back on a fresh build of
     ``workload``, interleaved, ``rounds`` times: medians that share the
     machine's conditions. "defaults" is always measured first."""
-    from autotune.applying import resolve_device
-    from autotune.tuner.candidates import baseline_config, searched_plugins
-
     spec = get_workload(workload) if isinstance(workload, str) else workload
     model, loader, optimizer = spec.build(seed)
     target = resolve_device(device)

@@ -42,81 +42,23 @@ import inspect
 import logging
 from typing import Any
 
-from autotune.bridges import (Change, describe, device_type, generic_hint, report,
-                              split_lines)
+import torch
+
+from autotune.bridges.translate import (ANY_KEY, Change, Row, device_type, lines, loader_row,
+                                        norm_type_row, options, report, scaler_row, tf32_call,
+                                        value_in)
 
 __all__ = ["accelerator_kwargs", "unsupported"]
 
 log = logging.getLogger("autotune.bridges.accelerate")
 
+FRAMEWORK = "Accelerate"
 MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 RUNTIME = "not an Accelerator option; `with autotune.bridges.runtime(tuned):` around your loop " \
           "applies it (restored after the block)"
 IN_THE_LOOP = "clipping is a call in your loop: after accelerator.backward(loss), " \
               "`if accelerator.sync_gradients: "
-
-
-def _line(change: Change, tuned: Any) -> tuple[bool, str]:
-    plan = tuned.plan
-    key, value = (change.plugin, change.key), change.value
-    if key == ("mixed_precision", "dtype") and value in MIXED_PRECISION:
-        return True, describe(change, f"mixed_precision={MIXED_PRECISION[value]!r}")
-    if key == ("mixed_precision", "grad_scaler"):
-        if plan.get("mixed_precision", "dtype") == "fp16":
-            return True, describe(change, "mixed_precision='fp16' brings Accelerate's GradScaler")
-        return False, describe(change, "Accelerate scales the loss only with "
-                                       "mixed_precision='fp16'; not applied")
-    if key == ("mixed_precision", "tf32"):
-        return False, describe(change, "not an Accelerator option; call "
-                                       "torch.set_float32_matmul_precision("
-                                       f"{'high' if value else 'highest'!r}) before training")
-    if key == ("accumulation", "steps"):
-        return True, describe(change, f"gradient_accumulation_steps={value}; your loop runs "
-                                      "each step under `with accelerator.accumulate(model):`")
-    if key == ("clipping", "max_norm"):
-        norm_type = plan.get("clipping", "norm_type", 2.0) or 2.0
-        extra = "" if float(norm_type) == 2.0 else f", norm_type={norm_type:g}"
-        return False, describe(change, f"{IN_THE_LOOP}accelerator.clip_grad_norm_("
-                                       f"model.parameters(), {value}{extra})`")
-    if key == ("clipping", "clip_value"):
-        return False, describe(change, f"{IN_THE_LOOP}accelerator.clip_grad_value_("
-                                       f"model.parameters(), {value})`")
-    if key == ("clipping", "norm_type"):
-        if plan.get("clipping", "max_norm") is None:
-            return True, describe(change, "no norm clipping planned: nothing to apply")
-        return False, describe(change, "pass norm_type to accelerator.clip_grad_norm_ (see "
-                                       "clipping.max_norm)")
-    if key in (("compile", "mode"), ("compile", "fullgraph")):
-        return True, describe(change, "the Accelerator's dynamo plugin compiles the model in "
-                                      "accelerator.prepare")
-    if change.plugin == "threads":
-        return False, describe(change, RUNTIME)
-    if key == ("channels_last", "enabled"):
-        return False, describe(change, "autotune.apply made tuned.model's weights channels_last; "
-                                       f"the inputs are {RUNTIME}")
-    if change.plugin == "dataloader":
-        loader = tuned.loader
-        if loader is None:
-            return False, describe(change, "autotune.apply had no DataLoader to rebuild; build "
-                                           f"yours with {change.key}={value!r}")
-        return True, describe(change, f"in tuned.loader ({change.key}="
-                                      f"{getattr(loader, change.key, value)!r}); "
-                                      "accelerator.prepare(tuned.loader) keeps it")
-    if key == ("optimizer", "implementation"):
-        return False, describe(change, "Accelerate wraps the optimizer you build; build it with "
-                                       f"{value}=True, e.g. torch.optim.AdamW(model.parameters(), "
-                                       f"{value}=True)")
-    return False, generic_hint(change, "Accelerate")
-
-
-def _lines(tuned: Any) -> tuple[list[str], list[str]]:
-    return split_lines(tuned, _line)
-
-
-def unsupported(tuned: Any) -> list[str]:
-    """One line per planned setting (one that is not PyTorch's behaviour)
-    that ``accelerator_kwargs`` cannot apply, with what to do instead."""
-    return _lines(tuned)[1]
+COMPILED_IN_PREPARE = "the Accelerator's dynamo plugin compiles the model in accelerator.prepare"
 
 
 def _compile_kwargs(mode: str, fullgraph: bool) -> dict[str, Any]:
@@ -134,10 +76,53 @@ def _compile_kwargs(mode: str, fullgraph: bool) -> dict[str, Any]:
                                                fullgraph=bool(fullgraph))}
 
 
-def _cuda_available() -> bool:
-    import torch
+def _dynamo(value: Any, tuned: Any) -> dict[str, Any]:
+    mode = value or "off"
+    if mode == "off":
+        return {}
+    return _compile_kwargs(mode, bool(tuned.plan.get("compile", "fullgraph", False)))
 
-    return torch.cuda.is_available()
+
+def _clip_norm_in_the_loop(change: Change, tuned: Any) -> str:
+    norm_type = tuned.plan.get("clipping", "norm_type", 2.0) or 2.0
+    extra = "" if float(norm_type) == 2.0 else f", norm_type={norm_type:g}"
+    return f"{IN_THE_LOOP}accelerator.clip_grad_norm_(model.parameters(), {change.value}{extra})`"
+
+
+#: What the Accelerator takes from the plan (its keyword arguments, in this
+#: order), what your loop does, and what autotune.bridges.runtime applies.
+TABLE = (
+    Row("mixed_precision", "dtype", takes=value_in(MIXED_PRECISION),
+        options=lambda value, tuned: {"mixed_precision": MIXED_PRECISION.get(value or "fp32",
+                                                                              "no")}),
+    scaler_row("mixed_precision='fp16'", FRAMEWORK),
+    Row("mixed_precision", "tf32",
+        instead=lambda change, tuned: "not an Accelerator option; "
+                                      + tf32_call(change, "training")),
+    Row("accumulation", "steps",
+        options=lambda value, tuned: {"gradient_accumulation_steps": int(value or 1)},
+        says="{options}; your loop runs each step under `with accelerator.accumulate(model):`"),
+    Row("clipping", "max_norm", instead=_clip_norm_in_the_loop),
+    Row("clipping", "clip_value",
+        instead=IN_THE_LOOP + "accelerator.clip_grad_value_(model.parameters(), {value})`"),
+    norm_type_row("pass norm_type to accelerator.clip_grad_norm_ (see clipping.max_norm)"),
+    Row("compile", "mode", options=_dynamo, says=COMPILED_IN_PREPARE),
+    Row("compile", "fullgraph", says=COMPILED_IN_PREPARE),
+    Row("threads", ANY_KEY, instead=RUNTIME),
+    Row("channels_last", "enabled",
+        instead="autotune.apply made tuned.model's weights channels_last; the inputs are "
+                + RUNTIME),
+    loader_row("; accelerator.prepare(tuned.loader) keeps it"),
+    Row("optimizer", "implementation",
+        instead="Accelerate wraps the optimizer you build; build it with {value}=True, e.g. "
+                "torch.optim.AdamW(model.parameters(), {value}=True)"),
+)
+
+
+def unsupported(tuned: Any) -> list[str]:
+    """One line per planned setting (one that is not PyTorch's behaviour)
+    that ``accelerator_kwargs`` cannot apply, with what to do instead."""
+    return lines(TABLE, tuned, FRAMEWORK)[1]
 
 
 def accelerator_kwargs(tuned: Any) -> dict[str, Any]:
@@ -145,16 +130,9 @@ def accelerator_kwargs(tuned: Any) -> dict[str, Any]:
     ``mixed_precision``, ``gradient_accumulation_steps`` and, for a compile
     plan, the dynamo plugin. Logs one INFO line per setting applied and one
     WARNING line per setting that is not."""
-    plan = tuned.plan
-    dtype = plan.get("mixed_precision", "dtype", "fp32") or "fp32"
-    kwargs: dict[str, Any] = {"mixed_precision": MIXED_PRECISION.get(dtype, "no"),
-                              "gradient_accumulation_steps":
-                                  int(plan.get("accumulation", "steps", 1) or 1)}
-    mode = plan.get("compile", "mode", "off") or "off"
-    if mode != "off":
-        kwargs.update(_compile_kwargs(mode, bool(plan.get("compile", "fullgraph", False))))
-    applied, missing = _lines(tuned)
-    if device_type(tuned) == "cpu" and _cuda_available():
+    kwargs = options(TABLE, tuned)
+    applied, missing = lines(TABLE, tuned, FRAMEWORK)
+    if device_type(tuned) == "cpu" and torch.cuda.is_available():
         kwargs["cpu"] = True
         applied.append("device cpu: cpu=True (autotune.apply planned for the CPU, not the GPU)")
     report(log, applied, missing)

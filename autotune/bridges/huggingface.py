@@ -41,19 +41,20 @@ field names, by ``training_arguments``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Any
 
-from autotune.bridges import (Change, Runtime, describe, device_type,
-                              generic_hint, report, split_lines)
+from torch.utils.data import DataLoader
+
+from autotune.bridges.callbacks import RuntimeCallback, lazy_callback
+from autotune.bridges.translate import (Change, Row, callback_rows, device_type, lines,
+                                        norm_type_row, options, report, scaler_row, value_in)
 
 __all__ = ["AutotuneTrainerCallback", "training_arguments", "unsupported"]
 
 log = logging.getLogger("autotune.bridges.huggingface")
 
-CALLBACK = {("threads", "intra_op"), ("threads", "inter_op"), ("threads", "set_env"),
-            ("channels_last", "enabled")}
+FRAMEWORK = "the Hugging Face Trainer"
 #: Keys that go together: a user who sets one of them decides the group.
 GROUPS = ({"bf16", "fp16"}, {"torch_compile", "torch_compile_mode"},
           {"dataloader_num_workers", "dataloader_prefetch_factor",
@@ -61,13 +62,12 @@ GROUPS = ({"bf16", "fp16"}, {"torch_compile", "torch_compile_mode"},
 LOADER_FIELDS = {"num_workers": "dataloader_num_workers", "pin_memory": "dataloader_pin_memory",
                  "persistent_workers": "dataloader_persistent_workers",
                  "prefetch_factor": "dataloader_prefetch_factor"}
+DTYPE_LINES = {"bf16": "bf16=True", "fp16": "fp16=True", "fp32": "bf16=False, fp16=False"}
 
 
 def _loader_values(tuned: Any) -> dict[str, Any]:
     """What the Trainer's loader should have: what autotune.apply built into
     ``tuned.loader`` (caps included), else the plan's values."""
-    from torch.utils.data import DataLoader
-
     values = tuned.plan.values("dataloader")
     if isinstance(tuned.loader, DataLoader):
         loader = tuned.loader
@@ -78,30 +78,12 @@ def _loader_values(tuned: Any) -> dict[str, Any]:
             "prefetch_factor": values.get("prefetch_factor") if workers > 0 else None}
 
 
-def _plan_arguments(tuned: Any) -> dict[str, Any]:
-    plan = tuned.plan
-    dtype = plan.get("mixed_precision", "dtype", "fp32")
-    out: dict[str, Any] = {"bf16": dtype == "bf16", "fp16": dtype == "fp16"}
-    tf32 = plan.get("mixed_precision", "tf32")
-    if tf32 is not None:
-        out["tf32"] = bool(tf32)
-    out["gradient_accumulation_steps"] = int(plan.get("accumulation", "steps", 1) or 1)
-    max_norm = plan.get("clipping", "max_norm")
-    out["max_grad_norm"] = float(max_norm) if max_norm is not None else 0.0
-    mode = plan.get("compile", "mode", "off") or "off"
-    out["torch_compile"] = mode != "off"
-    if mode != "off":
-        out["torch_compile_mode"] = mode
-    if "dataloader" in plan:
-        for key, value in _loader_values(tuned).items():
-            out[LOADER_FIELDS[key]] = value
-    if _fused_adamw(tuned):
-        out["optim"] = "adamw_torch_fused"
-    if device_type(tuned) == "cpu":
-        # The plan is for the CPU; the Trainer also wants to be told before
-        # it runs bf16 there.
-        out["use_cpu"] = True
-    return out
+def _loader_row(key: str, field: str) -> Row:
+    """A loader setting: the Trainer builds its own loader, from this field."""
+    def field_value(value: Any, tuned: Any) -> dict[str, Any]:
+        return {field: _loader_values(tuned)[key]} if "dataloader" in tuned.plan else {}
+
+    return Row("dataloader", key, options=field_value)
 
 
 def _fused_adamw(tuned: Any) -> bool:
@@ -110,63 +92,66 @@ def _fused_adamw(tuned: Any) -> bool:
             and getattr(workload, "optimizer", None) == "AdamW")
 
 
-def _line(change: Change, tuned: Any) -> tuple[bool, str]:
-    plan = tuned.plan
-    key, value = (change.plugin, change.key), change.value
-    if key == ("mixed_precision", "dtype") and value in ("bf16", "fp16", "fp32"):
-        return True, describe(change, {"bf16": "bf16=True", "fp16": "fp16=True",
-                                       "fp32": "bf16=False, fp16=False"}[value])
-    if key == ("mixed_precision", "grad_scaler"):
-        if plan.get("mixed_precision", "dtype") == "fp16":
-            return True, describe(change, "fp16=True brings the Trainer's GradScaler")
-        return False, describe(change, "the Trainer scales the loss only with fp16=True; "
-                                       "not applied")
-    if key == ("mixed_precision", "tf32"):
-        return True, describe(change, f"tf32={bool(value)}")
-    if key == ("accumulation", "steps"):
-        return True, describe(change, f"gradient_accumulation_steps={value}")
-    if key == ("clipping", "max_norm"):
-        return True, describe(change, f"max_grad_norm={float(value)}")
-    if key == ("clipping", "clip_value"):
-        return False, describe(change, "the Trainer clips by norm only; subclass Trainer and "
-                                       "call torch.nn.utils.clip_grad_value_(model.parameters(), "
-                                       f"{value}) in training_step after the backward")
-    if key == ("clipping", "norm_type"):
-        if plan.get("clipping", "max_norm") is None:
-            return True, describe(change, "no norm clipping planned: nothing to apply")
-        return False, describe(change, "the Trainer clips the 2-norm (max_grad_norm); another "
-                                       "norm_type is not applied")
-    if key == ("compile", "mode"):
-        return True, describe(change, f"torch_compile=True, torch_compile_mode={value!r}")
-    if key == ("compile", "fullgraph"):
-        return False, describe(change, "TrainingArguments has no fullgraph; compile the model "
-                                       "yourself (torch.compile(model, fullgraph=True)) and "
-                                       "leave torch_compile off")
-    if key == ("optimizer", "implementation"):
-        if _fused_adamw(tuned):
-            return True, describe(change, "optim='adamw_torch_fused'")
-        optimizer = getattr(getattr(tuned.context, "workload", None), "optimizer", None)
-        return False, describe(change, f"the Trainer's optim names cover fused AdamW only (your "
-                                       f"optimizer: {optimizer or 'not given to autotune.apply'});"
-                                       f" pass Trainer(optimizers=(YourOptimizer(..., "
-                                       f"{value}=True), None))")
-    if key in CALLBACK:
-        return True, describe(change, "applied by AutotuneTrainerCallback(tuned) while training")
-    if change.plugin == "dataloader" and change.key in LOADER_FIELDS:
-        field = LOADER_FIELDS[change.key]
-        return True, describe(change, f"{field}={_loader_values(tuned)[change.key]!r}")
-    return False, generic_hint(change, "the Hugging Face Trainer")
+def _compile(value: Any, tuned: Any) -> dict[str, Any]:
+    mode = value or "off"
+    return {"torch_compile": True, "torch_compile_mode": mode} if mode != "off" \
+        else {"torch_compile": False}
 
 
-def _lines(tuned: Any) -> tuple[list[str], list[str]]:
-    return split_lines(tuned, _line)
+def _other_optimizer(change: Change, tuned: Any) -> str:
+    optimizer = getattr(getattr(tuned.context, "workload", None), "optimizer", None)
+    return (f"the Trainer's optim names cover fused AdamW only (your optimizer: "
+            f"{optimizer or 'not given to autotune.apply'}); pass Trainer(optimizers="
+            f"(YourOptimizer(..., {change.value}=True), None))")
+
+
+#: What TrainingArguments takes from the plan (its fields, in this order),
+#: what AutotuneTrainerCallback applies, and what to do about the rest.
+TABLE = (
+    Row("mixed_precision", "dtype", takes=value_in(DTYPE_LINES),
+        options=lambda value, tuned: {"bf16": value == "bf16", "fp16": value == "fp16"},
+        says=lambda change, tuned: DTYPE_LINES[change.value]),
+    scaler_row("fp16=True", "the Trainer"),
+    Row("mixed_precision", "tf32",
+        options=lambda value, tuned: {} if value is None else {"tf32": bool(value)}),
+    Row("accumulation", "steps",
+        options=lambda value, tuned: {"gradient_accumulation_steps": int(value or 1)}),
+    # transformers' "no clipping" is 0.0: its default, 1.0, clips.
+    Row("clipping", "max_norm",
+        options=lambda value, tuned: {"max_grad_norm": 0.0 if value is None else float(value)}),
+    Row("clipping", "clip_value",
+        instead="the Trainer clips by norm only; subclass Trainer and call "
+                "torch.nn.utils.clip_grad_value_(model.parameters(), {value}) in training_step "
+                "after the backward"),
+    norm_type_row("the Trainer clips the 2-norm (max_grad_norm); another norm_type is not "
+                  "applied"),
+    Row("compile", "mode", options=_compile,
+        says="torch_compile=True, torch_compile_mode={value!r}"),
+    Row("compile", "fullgraph",
+        instead="TrainingArguments has no fullgraph; compile the model yourself "
+                "(torch.compile(model, fullgraph=True)) and leave torch_compile off"),
+    *(_loader_row(key, field) for key, field in LOADER_FIELDS.items()),
+    Row("optimizer", "implementation", instead=_other_optimizer,
+        takes=lambda change, tuned: _fused_adamw(tuned),
+        options=lambda value, tuned: {"optim": "adamw_torch_fused"} if _fused_adamw(tuned) else {}),
+    *callback_rows("AutotuneTrainerCallback(tuned) while training"),
+)
+
+
+def _plan_arguments(tuned: Any) -> dict[str, Any]:
+    out = options(TABLE, tuned)
+    if device_type(tuned) == "cpu":
+        # The plan is for the CPU; the Trainer also wants to be told before
+        # it runs bf16 there.
+        out["use_cpu"] = True
+    return out
 
 
 def unsupported(tuned: Any) -> list[str]:
     """One line per planned setting (one that is not PyTorch's behaviour)
     that neither ``training_arguments`` nor ``AutotuneTrainerCallback`` can
     apply, with what to do instead."""
-    return _lines(tuned)[1]
+    return lines(TABLE, tuned, FRAMEWORK)[1]
 
 
 def _field_defaults() -> dict[str, Any] | None:
@@ -183,7 +168,7 @@ def training_arguments(tuned: Any, **user_kwargs: Any) -> dict[str, Any]:
     (here or by the callback), one INFO line per plan value your keyword
     arguments replace, and one WARNING line per setting not applied."""
     planned = _plan_arguments(tuned)
-    applied, missing = _lines(tuned)
+    applied, missing = lines(TABLE, tuned, FRAMEWORK)
     defaults = _field_defaults()
     if defaults is not None:
         for key in [k for k in planned if k not in defaults]:
@@ -219,41 +204,31 @@ def _check_args(args: Any, tuned: Any) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _callback_class() -> type:
+def _trainer_callback() -> type:
     try:
         from transformers import TrainerCallback
     except ImportError:
         raise ImportError("AutotuneTrainerCallback needs transformers: "
                           "pip install transformers") from None
-
-    class AutotuneTrainerCallback(TrainerCallback):
-        """Applies the part of an autotune plan no TrainingArguments field
-        covers: thread counts and channels_last, from ``on_train_begin`` to
-        ``on_train_end``."""
-
-        def __init__(self, tuned: Any) -> None:
-            self.tuned = tuned
-            self.runtime = Runtime(tuned, log, when="at on_train_end")
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                           **kwargs: Any) -> None:
-            for line in _check_args(args, self.tuned):
-                log.warning("%s", line)
-            self.runtime.start(model)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.runtime.stop()
-
-    # Named as the module attribute it is, so pickle finds it there.
-    AutotuneTrainerCallback.__module__ = __name__
-    AutotuneTrainerCallback.__qualname__ = "AutotuneTrainerCallback"
-    return AutotuneTrainerCallback
+    return TrainerCallback
 
 
-def __getattr__(name: str) -> Any:
-    # The callback subclasses transformers' TrainerCallback: made (and
-    # transformers imported) on first use.
-    if name == "AutotuneTrainerCallback":
-        return _callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class _Callback(RuntimeCallback):
+    """Applies the part of an autotune plan no TrainingArguments field
+    covers: thread counts and channels_last, from ``on_train_begin`` to
+    ``on_train_end``."""
+
+    logger = log
+    when = "at on_train_end"
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
+                       **kwargs: Any) -> None:
+        self.begin(model, _check_args(args, self.tuned))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.end()
+
+
+# AutotuneTrainerCallback subclasses transformers' TrainerCallback: made
+# (and transformers imported) on first use.
+__getattr__ = lazy_callback(__name__, "AutotuneTrainerCallback", _trainer_callback, _Callback)

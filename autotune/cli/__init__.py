@@ -1,10 +1,13 @@
 """The ``autotune`` command line.
 
-Each subcommand group lives in its own module under ``autotune.cli`` and
-exposes ``register(subparsers)``; ``main`` wires them together. Errors that
-derive from :class:`~autotune.errors.AutotuneError` become one line on
-stderr and exit code 2, never a traceback. ``-v``/``-vv`` work before the
-subcommand and after it (``autotune -v detect`` = ``autotune detect -v``).
+Every subcommand's arguments are in :mod:`autotune.cli.parsers` (argparse
+only); what runs each command is a function in a module of its group,
+named in :data:`COMMANDS` and imported only when that command runs, so
+``--help`` and the commands that need no model (``detect``, ``profiles``,
+``report``) never import torch. Errors that derive from
+:class:`~autotune.errors.AutotuneError` become one line on stderr and exit
+code 2, never a traceback. ``-v``/``-vv`` work before the subcommand and
+after it (``autotune -v detect`` = ``autotune detect -v``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,25 @@ import os
 import shlex
 import sys
 from importlib import metadata
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
+from autotune import __version__
+from autotune.cli.parsers import add_commands
 from autotune.errors import AutotuneError
 
-#: Modules under autotune.cli that add subcommands, in help order.
-COMMAND_MODULES = ("core", "bench", "telemetry", "cv")
+#: The function that runs each command, as ``module:function`` (the form of
+#: an entry point); the module is imported when its command runs.
+COMMANDS = {
+    "detect": "autotune.cli.core:cmd_detect",
+    "profiles": "autotune.cli.core:cmd_profiles",
+    "plugins": "autotune.cli.core:cmd_plugins",
+    "plan": "autotune.cli.core:cmd_plan",
+    "bench": "autotune.cli.bench:cmd_bench",
+    "monitor": "autotune.cli.telemetry:cmd_monitor",
+    "daemon": "autotune.cli.telemetry:cmd_daemon",
+    "report": "autotune.cli.telemetry:cmd_report",
+    "cv": "autotune.cli.cv:cmd_cv",
+}
 
 EXIT_USAGE = 2
 #: The distribution autotune is installed as (``pip install torch-autotune``).
@@ -42,8 +58,6 @@ def version() -> str:
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:  # run from a source tree, not installed
-        from autotune import __version__
-
         return __version__
 
 
@@ -76,10 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module in COMMAND_MODULES:
-        importlib.import_module(f"autotune.cli.{module}").register(subparsers)
+    add_commands(subparsers)
     _add_verbose(parser, 0)
     return parser
+
+
+def command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function that runs command ``name``, its module imported now."""
+    module, _, function = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        return int(command(args.command)(args) or 0)
     except AutotuneError as exc:
         print(f"autotune: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

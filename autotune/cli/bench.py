@@ -4,42 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from autotune.cli.arguments import at_least, output_file, seconds
+from autotune.bench.runner import plot_bench, run_bench
 from autotune.cli.output import print_json, warnings_as_lines
+from autotune.tuner.trial import TrialOptions
 
-#: The names of :data:`autotune.bench.workloads.WORKLOADS`, written out so that
-#: building this parser (``autotune --help``) does not import torch; a test
-#: keeps the two lists equal.
-WORKLOAD_NAMES = ("cnn", "mlp", "transformer")
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench", help="defaults vs tuned (vs the best of the grid) on a reference workload",
-        description="Tune a built-in synthetic workload on this machine and print PyTorch "
-                    "defaults vs the tuner's pick (with --grid: vs the best of the "
-                    "exhaustive grid), re-measured back to back.")
-    parser.add_argument("--workload", choices=WORKLOAD_NAMES, default="cnn",
-                        help="cnn: CIFAR ResNet-18; transformer: 4-layer encoder LM; mlp")
-    parser.add_argument("--budget", type=seconds, default=300.0, metavar="S",
-                        help="seconds the tuner's search may take (default 300)")
-    parser.add_argument("--grid", action="store_true",
-                        help="also measure every combination of the candidates (slow)")
-    parser.add_argument("--rounds", type=at_least(0), default=2, metavar="N",
-                        help="confirmation rounds of defaults/tuned/grid best (default 2)")
-    parser.add_argument("--chunk-s", type=seconds, default=1.0, metavar="S",
-                        help="target seconds per timed chunk of a trial (default 1.0)")
-    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if any)")
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--plot", type=output_file, metavar="PNG",
-                        help="write a bar chart of the trials")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from autotune.bench.runner import plot_bench, run_bench
-    from autotune.tuner.trial import TrialOptions
+def cmd_bench(args: argparse.Namespace) -> int:
     with warnings_as_lines():
         result = run_bench(args.workload, budget_s=args.budget, grid=args.grid,
                            rounds=args.rounds, device=args.device,

@@ -9,83 +9,61 @@ into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+import functools
+from typing import Any, Callable
+
+import yaml
 
 from autotune.cli.output import key_values, print_json, table, warnings_as_lines, wrapped_table
 from autotune.errors import PlanError
+from autotune.machine.detect import detect
+from autotune.machine.hardware import GIB, Hardware
+from autotune.plan.plan import Source
+from autotune.planner import Planned, load_checked_profiles, make_plan
+from autotune.plugin.manager import PluginManager
+from autotune.profile import MatchResult, Profile, Recommendation, explain, get_profile, recommend
 
-if TYPE_CHECKING:
-    from autotune.machine.hardware import Hardware
-    from autotune.plugin.manager import PluginManager
-    from autotune.planner import Planned
-    from autotune.profile import MatchResult, Profile, Recommendation
-
-# The library (plugin manager, profiles, YAML, detection) is imported where a
-# command runs, not here: `autotune --help` builds every parser from this
-# module and should not pay for them.
+# Imported only when one of these commands runs (autotune.cli.COMMANDS); none
+# of these modules imports torch, so detect and profiles answer without it.
 
 #: Bumped only when a key is removed or changes meaning; new keys may appear.
 JSON_VERSION = 1
 _GPU_WORDS = ("gpu", "nvml", "cuda")
 
 
-# -- shared options --------------------------------------------------------------
-
-
-def _add_common(parser: argparse.ArgumentParser, *, plugins: bool = True,
-                profile: bool = False, nested: bool = False) -> argparse._MutuallyExclusiveGroup:
-    """The options every command here takes; returns the group of output
-    formats (``--json``), where a command adds its others (``plan --yaml``)
-    so that asking for two is refused."""
-    # A nested subparser copies its defaults over the parent's values, so
-    # there the options get no default ("profiles --json show X" keeps --json).
-    nodefault: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
-    formats = parser.add_mutually_exclusive_group()
-    formats.add_argument("--json", action="store_true", help="machine-readable output (see README)",
-                         **nodefault)
-    parser.add_argument("--profile-dir", action="append", metavar="DIR",
-                        **(nodefault or {"default": []}),
-                        help="extra profile directory; its profiles override built-ins "
-                             "of the same name (repeatable; also $AUTOTUNE_PROFILE_PATH)")
-    if profile:
-        parser.add_argument("--profile", metavar="NAME",
-                            help="use this profile instead of the best match")
-    if plugins:
-        parser.add_argument("--disable", action="append", default=[], metavar="NAME",
-                            help="turn a plugin off (repeatable or comma-separated; "
-                                 "also $AUTOTUNE_DISABLE)")
-        parser.add_argument("--strict", action="store_true",
-                            help="a failing plugin is an error instead of a warning")
-    return formats
+# -- shared helpers --------------------------------------------------------------
 
 
 def _disabled(args: argparse.Namespace) -> list[str]:
     return [n.strip() for item in getattr(args, "disable", []) for n in item.split(",") if n.strip()]
 
 
-def _manager(args: argparse.Namespace) -> PluginManager:
-    from autotune.plugin.manager import PluginManager
+def _warnings_as_lines(command: Callable[[argparse.Namespace], Any]
+                       ) -> Callable[[argparse.Namespace], int]:
+    """``command`` with each plugin warning printed as one line."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        with warnings_as_lines():
+            return int(command(args) or 0)
+    return run
 
+
+def _manager(args: argparse.Namespace) -> PluginManager:
     return PluginManager(disable=_disabled(args), strict=getattr(args, "strict", False),
                          disabled_by="--disable")
 
 
 def _recommend(args: argparse.Namespace) -> tuple[Hardware, dict[str, Profile], Recommendation]:
-    from autotune.machine.detect import detect
-    from autotune.profile import load_profiles, recommend
-
     manager = _manager(args)
     manager.load()
     hardware = manager.detect(detect())
-    profiles = load_profiles(args.profile_dir)
+    profiles = load_checked_profiles(args.profile_dir, manager)
     return hardware, profiles, recommend(hardware, profiles.values())
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["dataloader.num_workers=4"]`` -> ``{"dataloader": {"num_workers": 4}}``;
     values are read as YAML (``4``, ``true``, ``null``, ``[1, 2]``)."""
-    import yaml
-
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         target, sep, raw = item.partition("=")
@@ -135,9 +113,8 @@ def detect_json(hardware: Hardware, rec: Recommendation) -> dict[str, Any]:
     }
 
 
+@_warnings_as_lines
 def cmd_detect(args: argparse.Namespace) -> int:
-    from autotune.machine.hardware import GIB
-
     hardware, _, rec = _recommend(args)
     if args.json:
         print_json(detect_json(hardware, rec))
@@ -199,11 +176,8 @@ def _profile_dict(profile: Profile) -> dict[str, Any]:
             "plugins": {k: dict(v) for k, v in profile.plugins.items()}}
 
 
+@_warnings_as_lines
 def cmd_profiles(args: argparse.Namespace) -> int:
-    import yaml
-
-    from autotune.profile import explain, get_profile
-
     hardware, profiles, rec = _recommend(args)
     if getattr(args, "profiles_command", None) == "show":
         profile = get_profile(args.name, profiles)
@@ -248,8 +222,6 @@ def _first_sentence(text: str, limit: int = 70) -> str:
 
 
 def _planned(args: argparse.Namespace) -> Planned:
-    from autotune.planner import make_plan
-
     overrides = parse_overrides(getattr(args, "set", []) or [])
     return make_plan(profile=getattr(args, "profile", None), overrides=overrides or None,
                      profile_dirs=args.profile_dir, manager=_manager(args), overrides_by="--set")
@@ -278,6 +250,7 @@ def _short_hooks(hooks: list[str]) -> str:
     return ",".join(h.removeprefix("autotune_") for h in hooks) or "-"
 
 
+@_warnings_as_lines
 def cmd_plugins(args: argparse.Namespace) -> int:
     planned = _planned(args)
     rows = plugin_rows(planned)
@@ -294,15 +267,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def _show(value: Any) -> str:
     """A value as it would be written in YAML (``null``, ``true``, ``[1, 2]``)."""
-    import yaml
-
     text = yaml.safe_dump(value, default_flow_style=True).strip()
     return text.removesuffix("...").strip()
 
 
+@_warnings_as_lines
 def cmd_plan(args: argparse.Namespace) -> int:
-    from autotune.plan.plan import Source
-
     planned = _planned(args)
     plan = planned.plan
     if args.json:
@@ -325,47 +295,3 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print("\nOff:")
         print(table(sorted(plan.disabled.items()), indent="  "))
     return 0
-
-
-# -- wiring ------------------------------------------------------------------------
-
-
-def _run(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        with warnings_as_lines():
-            return int(func(args) or 0)
-    return run
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("detect", help="describe this machine and the profile it matches",
-                              description="Detect CPU, memory, GPUs and software, and say which "
-                                          "profile matches and why the others do not.")
-    _add_common(p)
-    p.set_defaults(func=_run(cmd_detect))
-
-    p = subparsers.add_parser("profiles", help="list profiles, or show one",
-                              description="List built-in and user profiles, or show one "
-                                          "with 'extends' merged.")
-    _add_common(p, plugins=False)
-    sub = p.add_subparsers(dest="profiles_command", metavar="show NAME")
-    show = sub.add_parser("show", help="show one profile, 'extends' merged")
-    show.add_argument("name", metavar="NAME")
-    _add_common(show, plugins=False, nested=True)
-    p.set_defaults(func=_run(cmd_profiles))
-
-    p = subparsers.add_parser("plugins", help="every plugin, where it comes from, on or off",
-                              description="List built-in and third-party plugins with their "
-                                          "status for this machine's plan.")
-    _add_common(p, profile=True)
-    p.set_defaults(func=_run(cmd_plugins))
-
-    p = subparsers.add_parser("plan", help="the settings the plugins propose, with reasons",
-                              description="Make the plan: every setting with its value, source "
-                                          "(default < profile < measured < override) and reason.")
-    formats = _add_common(p, profile=True)
-    p.add_argument("--set", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
-                   help="override one setting (value read as YAML, everything after the "
-                        "first '='; repeatable)")
-    formats.add_argument("--yaml", action="store_true", help="the plan as YAML")
-    p.set_defaults(func=_run(cmd_plan))

@@ -15,15 +15,14 @@ from dataclasses import asdict
 from typing import Any
 
 from autotune.cli.output import key_values, print_json, table
+from autotune.cv.result import aggregate
+from autotune.cv.store import RunStore
 from autotune.errors import AutotuneError
 
 JSON_VERSION = 1
 
 
 def load(run_dir: str) -> dict[str, Any]:
-    from autotune.cv.result import aggregate
-    from autotune.cv.store import RunStore
-
     store = RunStore(run_dir)
     manifest = store.read_manifest()
     if manifest is None:
@@ -81,14 +80,3 @@ def cmd_cv(args: argparse.Namespace) -> int:
         print("\nRerun cross_validate with the same run_dir to train the remaining folds.",
               file=out)
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "cv", help="show a cross-validation run directory: folds, metrics, failures",
-        description="Summarise what autotune.cross_validate stored in RUN_DIR: the split, "
-                    "each fold's metrics (or its error), the folds still to run, and each "
-                    "metric's mean and standard deviation over the finished folds.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the run_dir given to cross_validate")
-    p.add_argument("--json", action="store_true", help="everything as JSON on stdout")
-    p.set_defaults(func=cmd_cv)

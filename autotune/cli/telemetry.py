@@ -13,15 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from autotune.cli.arguments import at_least, output_file, seconds
+from autotune.cli.daemon_status import cmd_status
 from autotune.cli.output import key_values, print_json
 from autotune.errors import AutotuneError
 from autotune.machine.hardware import GIB
+from autotune.telemetry import (Skipped, Summary, Timeline, diagnose, findings, plot,
+                                read_timeline)
+from autotune.telemetry.command import run_monitored
+from autotune.telemetry.daemon import DaemonOptions, run_daemon
 
 JSON_VERSION = 1
 
 
-def summary_rows(summary: Any) -> list[tuple[str, Any]]:
+def summary_rows(summary: Summary) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
         ("Duration", f"{summary.duration_s:.1f} s, {summary.sample_count} samples"),
         ("CPU", f"{summary.mean_cpu_percent:.0f}% mean, {summary.peak_cpu_percent:.0f}% peak "
@@ -49,9 +53,7 @@ def summary_rows(summary: Any) -> list[tuple[str, Any]]:
     return rows
 
 
-def print_report(timeline: Any, out: TextIO) -> None:
-    from autotune.telemetry import diagnose, findings
-
+def print_report(timeline: Timeline, out: TextIO) -> None:
     summary = timeline.summary()
     print(key_values(summary_rows(summary)), file=out)
     for note in timeline.notes:
@@ -67,9 +69,7 @@ def print_report(timeline: Any, out: TextIO) -> None:
         print(f"  also:      {other.sentence}", file=out)
 
 
-def report_json(loaded: Any, **extra: Any) -> dict[str, Any]:
-    from autotune.telemetry import diagnose, findings
-
+def report_json(loaded: Timeline, **extra: Any) -> dict[str, Any]:
     summary = loaded.summary()
     return {"version": JSON_VERSION, **extra, "summary": summary.to_dict(),
             "diagnosis": diagnose(summary).to_dict(),
@@ -78,7 +78,7 @@ def report_json(loaded: Any, **extra: Any) -> dict[str, Any]:
             "partial": bool(loaded.skipped)}
 
 
-def warn_skipped(path: str, skipped: Any, err: TextIO) -> None:
+def warn_skipped(path: str, skipped: Skipped, err: TextIO) -> None:
     """What reading ``path`` skipped, on stderr whatever the output format:
     a line per problem kept (``FILE:LINE: why``), then one saying the report
     is partial, with the counts (which cover the problems not listed)."""
@@ -99,8 +99,6 @@ def _command(raw: Sequence[str]) -> list[str]:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from autotune.telemetry.command import run_monitored
-
     # With --json our stdout is the JSON report alone: the command's stdout
     # goes to our stderr (beside its own stderr), not into the JSON stream.
     result = run_monitored(_command(args.cmd), interval_s=args.interval, out_dir=args.out,
@@ -129,11 +127,7 @@ def _stderr_fd() -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from autotune.telemetry.daemon import DaemonOptions, run_daemon
-
     if args.action == "status":
-        from autotune.cli.daemon_status import cmd_status
-
         return cmd_status(args)
     if args.json:
         raise AutotuneError("--json is for 'autotune daemon status'; the daemon itself "
@@ -146,81 +140,21 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from autotune.telemetry import read_timeline
-    from autotune.telemetry.plot import plot_timeline
-
     timeline = read_timeline(args.timeline)
     warn_skipped(args.timeline, timeline.skipped, sys.stderr)
-    plot = None
+    png = None
     if args.plot:
         try:
-            plot = str(plot_timeline(timeline, args.plot,
-                                     title=f"autotune report {args.timeline}"))
+            # plot.plot_timeline, not an imported name: a test replaces it there.
+            png = str(plot.plot_timeline(timeline, args.plot,
+                                         title=f"autotune report {args.timeline}"))
         except OSError as exc:
             raise AutotuneError(f"--plot {args.plot}: cannot write it "
                                 f"({exc.strerror or exc})") from None
     if args.json:
-        print_json(report_json(timeline, timeline=args.timeline, plot=plot))
+        print_json(report_json(timeline, timeline=args.timeline, plot=png))
         return 0
     print_report(timeline, sys.stdout)
-    if plot:
-        print(f"\nplot: {plot}")
+    if png:
+        print(f"\nplot: {png}")
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "monitor", help="run a command while sampling the hardware; diagnose the bottleneck",
-        description="Run CMD, sample CPU, memory, its processes and GPUs while it runs, then "
-                    "print a summary and a one-sentence diagnosis (on stderr) and write "
-                    "timeline.jsonl and timeline.png into --out. Exits with CMD's exit code.")
-    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
-                   help="seconds between samples (default 1)")
-    p.add_argument("--out", default="autotune-monitor", metavar="DIR",
-                   help="where timeline.jsonl and timeline.png go (default ./autotune-monitor)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...",
-                   help="the command to run")
-    p.set_defaults(func=cmd_monitor)
-
-    p = subparsers.add_parser(
-        "daemon", help="share the machine among training jobs; sample it to a JSONL file",
-        description="Foreground daemon for systemd: training jobs that call autotune.apply "
-                    "register on a user-only Unix socket and get a share of the cores (threads, "
-                    "loader workers, affinity) by what each measured; the machine is sampled "
-                    "to a JSONL file (one line per sample and per share change, size-based "
-                    "rotation). Exit 0 on SIGTERM/SIGINT; refuses to run twice on one output "
-                    "or socket (exit 2); no network port. 'autotune daemon status' lists the "
-                    "jobs.")
-    p.add_argument("action", nargs="?", choices=("run", "status"), default="run",
-                   help="run the daemon (default), or list the jobs of the running one")
-    p.add_argument("--socket", metavar="PATH",
-                   help="the socket (default $AUTOTUNE_SOCKET, else "
-                        "$XDG_RUNTIME_DIR/autotune/daemon.sock)")
-    p.add_argument("--no-coordinate", action="store_true",
-                   help="only sample; do not listen for jobs")
-    p.add_argument("--cores", type=int, metavar="N",
-                   help="share only the first N usable cores (default: all)")
-    p.add_argument("--json", action="store_true", help="status: machine-readable output")
-    p.add_argument("--interval", type=seconds, default=1.0, metavar="S",
-                   help="seconds between samples (default 1)")
-    p.add_argument("--out", default="autotune-telemetry.jsonl", metavar="FILE",
-                   help="JSONL output (default ./autotune-telemetry.jsonl); FILE.lock "
-                        "holds the lock")
-    p.add_argument("--max-bytes", type=int, default=10 * 1024 * 1024, metavar="N",
-                   help="rotate before FILE grows past N bytes (default 10 MiB)")
-    p.add_argument("--backups", type=int, default=3, metavar="K",
-                   help="rotated files to keep, FILE.1 newest (default 3)")
-    p.add_argument("--pid", type=at_least(1), metavar="PID",
-                   help="also record this process's (and its children's) RSS and CPU")
-    p.set_defaults(func=cmd_daemon)
-
-    p = subparsers.add_parser(
-        "report", help="summarise and diagnose a timeline.jsonl",
-        description="Read a timeline written by monitor, daemon or TrainingMonitor; print "
-                    "the summary and the diagnosis; optionally plot it.")
-    p.add_argument("timeline", metavar="TIMELINE.jsonl")
-    p.add_argument("--plot", type=output_file, metavar="PNG", help="also write a plot here")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_report)

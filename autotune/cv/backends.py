@@ -18,6 +18,7 @@ idle timeout (300 s) and a busy one finishes its fold first.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -26,8 +27,12 @@ import uuid
 from dataclasses import replace
 from typing import Any, Iterator, Sequence
 
+import psutil
+from joblib import Parallel, delayed, parallel_config
+
 from autotune.cv.errors import CrossValidationError
 from autotune.cv.fold import FoldOutcome, FoldTask, run_fold
+from autotune.machine.detect import detect
 from autotune.plan.resources import FOLD_BACKENDS
 
 log = logging.getLogger("autotune.cv")
@@ -58,8 +63,6 @@ def run_joblib(tasks: Sequence[FoldTask], backend: str, n_jobs: int,
     :func:`~autotune.cv.fold.thread_limit` runs are bounded too. One fold per
     dispatch (``batch_size=1``): results are yielded, and stored, fold by fold.
     """
-    from joblib import Parallel, delayed, parallel_config
-
     config: dict[str, Any] = {"backend": backend}
     if backend == "loky":
         config["inner_max_num_threads"] = threads
@@ -94,8 +97,7 @@ def exit_with_parent(parent_pid: int, interval_s: float = PARENT_CHECK_S) -> Non
     def alive() -> bool:
         if os.name == "posix":
             return os.getppid() == parent_pid
-        import psutil  # Windows: the parent pid stays; ask whether it runs
-
+        # Windows: the parent pid stays; ask whether it runs.
         return psutil.pid_exists(parent_pid)
 
     def watch() -> None:
@@ -153,8 +155,6 @@ def dask_threads_per_fold(client: Any) -> tuple[int, int, str]:
 
 
 def _accepts_n_workers(client: Any) -> bool:
-    import inspect
-
     try:
         return "n_workers" in inspect.signature(client.scheduler_info).parameters
     except (TypeError, ValueError):
@@ -162,8 +162,6 @@ def _accepts_n_workers(client: Any) -> bool:
 
 
 def _usable_cores() -> int:
-    from autotune.machine.detect import detect
-
     return detect().cpu.worker_budget
 
 

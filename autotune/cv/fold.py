@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import multiprocessing
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -26,12 +28,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
-from autotune.plugin.context import Context, Workload
+from autotune.applying import apply_plan
 from autotune.cv.result import FoldFailure, FoldResult
 from autotune.cv.splits import Fold
+from autotune.machine.detect import detect
 from autotune.plan.plan import Plan
-from autotune.plan.resources import Share, set_threads, share_plan
+from autotune.plan.report import Kind, Report
+from autotune.plan.resources import Share, set_threads
+from autotune.plugin.context import Context, Workload
+from autotune.plugin.manager import PluginManager, share_plan
 
 log = logging.getLogger("autotune.cv")
 
@@ -119,7 +126,7 @@ def seeded(seed: int) -> Iterator[None]:
     """Seed Python, NumPy (when loaded) and torch (CPU and CUDA), and put
     the caller's generator states back afterwards: a sequential run does
     not change the user's random streams."""
-    np = __import__("sys").modules.get("numpy")
+    np = sys.modules.get("numpy")
     py_state = random.getstate()
     np_state = np.random.get_state() if np is not None else None
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
@@ -182,13 +189,6 @@ class _Built:
 
 def _build(task: FoldTask, dataset: Any) -> _Built:
     """The fold's model, loaders and plan applied, as ``autotune.apply`` would."""
-    from torch.utils.data import DataLoader, Subset
-
-    from autotune.applying import apply_plan
-    from autotune.machine.detect import detect
-    from autotune.plugin.manager import PluginManager
-    from autotune.plan.report import Kind, Report
-
     plan = Plan.from_dict(task.plan)
     report = Report()
     fold = task.fold
@@ -245,8 +245,6 @@ def estimate_fold_seconds(task: FoldTask, steps: int = 3, dataset: Any = None) -
     """Seconds one fold would take here, alone with ``task.threads``
     threads: ``steps`` timed training steps of the real model (after one
     untimed warm-up step) times the fold's steps. Runs in this process."""
-    import math
-
     with thread_limit(task.threads, shared_process=True), seeded(task.seed):
         built = _build(task, task.dataset if dataset is None else dataset)
         optimizer = task.optimizer_fn(built.model.parameters())
@@ -268,8 +266,6 @@ def estimate_fold_seconds(task: FoldTask, steps: int = 3, dataset: Any = None) -
 
 
 def _train(task: FoldTask, dataset: Any) -> tuple[FoldResult, bytes | None]:
-    from autotune.plan.report import Kind
-
     built = _build(task, dataset)
     device = built.device
     if device.type == "cuda":

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
 from autotune.cv.backends import BACKENDS, dask_threads_per_fold, default_client
+from autotune.cv.context import context_for_plan
 from autotune.cv.errors import CrossValidationError
 from autotune.machine.hardware import Hardware
 from autotune.plan.plan import Plan
-from autotune.plan.resources import FoldPlan, Share, share_plan
-
-if TYPE_CHECKING:  # pragma: no cover
-    from autotune.plugin.context import Context
-    from autotune.plugin.manager import PluginManager
+from autotune.plan.resources import FoldPlan, Share
+from autotune.plugin.context import Context
+from autotune.plugin.manager import PluginManager, share_plan
 
 log = logging.getLogger("autotune.cv")
 
@@ -85,13 +84,46 @@ def _check_count(name: str, value: Any) -> None:
         raise CrossValidationError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def _backend_asked(backend: Any, max_concurrent: int | None,
+                   threads_per_fold: int | None) -> tuple[Any, str | None]:
+    """``(dask client or None, backend name or None)`` from the arguments,
+    refused when they are not ones :func:`decide` takes."""
+    client = None
+    if _is_client(backend):
+        client, backend = backend, "dask"
+    if backend is not None and backend not in BACKENDS:
+        raise CrossValidationError(f"backend={backend!r} is not one of {BACKENDS} or a "
+                                   "dask.distributed.Client")
+    _check_count("max_concurrent", max_concurrent)
+    _check_count("threads_per_fold", threads_per_fold)
+    return client, backend
+
+
+def _fold_plan(plan: Plan, scheduler: str, folds: FoldPlan, context: Context,
+               manager: PluginManager) -> Plan:
+    """``plan`` as every fold trains with it: the scheduling plugin's
+    settings, and what the plugins change under each fold's share."""
+    for key, setting in folds.settings.items():
+        plan = plan.with_values(scheduler, {key: setting.value}, setting.source,
+                                setting.reason, force=True)
+    threads = folds.threads_per_fold
+    if threads is not None or folds.loader_workers is not None:
+        shown = threads if threads is not None else "all"
+        share = Share(threads=threads, loader_workers=folds.loader_workers,
+                      shared_process=folds.backend == "threading",
+                      reason=f"cross_validate: {folds.concurrency} fold(s) at once, "
+                             f"{shown} thread(s) each")
+        plan = share_plan(plan, share, context=context, manager=manager)
+    return plan
+
+
 def decide(plan: Plan, hardware: Hardware, *, folds_to_run: int, backend: Any = None,
            max_concurrent: int | None = None, threads_per_fold: int | None = None,
            device: str | torch.device | None = None,
            measure_fold_memory: Callable[[str], int] | None = None,
            estimate_fold_seconds: Callable[[], float] | None = None,
-           context: "Context | None" = None,
-           manager: "PluginManager | None" = None) -> Schedule:
+           context: Context | None = None,
+           manager: PluginManager | None = None) -> Schedule:
     """Settle how ``folds_to_run`` folds run (see the module docstring).
 
     :param backend: None (the scheduling plugin's choice), a name in
@@ -105,23 +137,12 @@ def decide(plan: Plan, hardware: Hardware, *, folds_to_run: int, backend: Any = 
     :param manager: the plugins to ask (default: the built-ins and installed
         plugins).
     """
-    client = None
-    if _is_client(backend):
-        client, backend = backend, "dask"
-    if backend is not None and backend not in BACKENDS:
-        raise CrossValidationError(f"backend={backend!r} is not one of {BACKENDS} or a "
-                                   "dask.distributed.Client")
-    _check_count("max_concurrent", max_concurrent)
-    _check_count("threads_per_fold", threads_per_fold)
+    client, backend = _backend_asked(backend, max_concurrent, threads_per_fold)
     target = _resolve_device(device)
     if manager is None:
-        from autotune.plugin.manager import PluginManager
-
         manager = PluginManager()
     manager.load()
     if context is None:
-        from autotune.cv.runner import context_for_plan
-
         context = context_for_plan(plan, hardware=hardware)
     elif context.hardware is not hardware:
         context = replace(context, hardware=hardware)
@@ -146,17 +167,8 @@ def decide(plan: Plan, hardware: Hardware, *, folds_to_run: int, backend: Any = 
         scheduler, folds = answer
     if folds.backend == "dask":
         client = client or default_client()
-    for key, setting in folds.settings.items():
-        plan = plan.with_values(scheduler, {key: setting.value}, setting.source,
-                                setting.reason, force=True)
+    plan = _fold_plan(plan, scheduler, folds, context, manager)
     threads = folds.threads_per_fold
-    if threads is not None or folds.loader_workers is not None:
-        shown = threads if threads is not None else "all"
-        share = Share(threads=threads, loader_workers=folds.loader_workers,
-                      shared_process=folds.backend == "threading",
-                      reason=f"cross_validate: {folds.concurrency} fold(s) at once, "
-                             f"{shown} thread(s) each")
-        plan = share_plan(plan, share, context=context, manager=manager)
     threads = threads if threads is not None else hardware.cpu.worker_budget
     log.info("cross-validation schedule: %s, %d at once, %d threads per fold (%s)",
              folds.backend, folds.concurrency, threads, folds.reason)

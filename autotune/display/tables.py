@@ -4,6 +4,7 @@ print with these; :mod:`autotune.cli.output` re-exports them."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Sequence
 
 
@@ -30,8 +31,6 @@ def wrapped_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, widt
     """Like :func:`table`, but at most ``width`` columns wide: the columns
     numbered in ``wrap`` (long text: settings, reasons) are narrowed and their
     cells wrapped onto continuation lines, the other columns kept whole."""
-    import textwrap
-
     text_rows = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
     header = [h.upper() for h in headers]
     ncols = len(header)

@@ -7,7 +7,7 @@ does, and at each point of the step it calls the plugins' step hooks
 ``autotune_transform_loss``, ``autotune_window_size``,
 ``autotune_before_optimizer_step``, ``autotune_optimizer_step``,
 ``autotune_after_optimizer_step``, ``autotune_step_failed``; see
-:mod:`autotune.plugin.hookspecs`). With no plugin, or every plugin disabled, a
+:mod:`autotune.plugin.specs`). With no plugin, or every plugin disabled, a
 step is bitwise plain PyTorch. One micro-batch::
 
     inputs = prepare_inputs(move to device)
@@ -18,61 +18,49 @@ step is bitwise plain PyTorch. One micro-batch::
     when the window (window_size micro-batches) is full, or the epoch ends:
         before_optimizer_step; optimizer_step or optimizer.step();
         zero_grad; after_optimizer_step; the scheduler steps unless skipped
+
+What a plugin measures (a gradient norm, the steps it skipped) it reports
+as its own metrics (``autotune_epoch_end``); what changes the settings
+during a run is given to the engine by whoever builds it (``live``). The
+epoch loop (:mod:`autotune.engine.loop`) and checkpoints
+(:mod:`autotune.engine.checkpoint`) use the engine's public methods only.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Mapping
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import torch
 
+from autotune.display.progress import progress_enabled
+from autotune.engine.checkpoint import engine_state, load_engine_state
+from autotune.engine.history import History
+from autotune.engine.host import LiveMaker, PluginHost
+from autotune.engine.hooks import nested
+from autotune.engine.loop import run_evaluate, run_fit
+from autotune.engine.step import Monitor, Recovery
+from autotune.engine.workers import is_worker_failure
+from autotune.errors import AutotuneError, TrainingError
+from autotune.plan.plan import Plan
+from autotune.plan.report import Report
 from autotune.workload.batches import find_ddp, is_compiled, model_device, move_to, unwrap_model
 from autotune.workload.contract import StepContract
-from autotune.errors import AutotuneError, TrainingError
-from autotune.engine.history import History
-from autotune.plan.plan import Plan, Source
-from autotune.display.progress import progress_enabled
-from autotune.plan.report import Kind, Report
-from autotune.engine.step import Monitor, Recovery
 
 log = logging.getLogger("autotune.engine.engine")
 
 
-#: The step hooks, called directly (not through pluggy's loop) so that the
-#: cost per step is one Python call per implementing plugin.
-STEP_HOOKS = (
-    "autotune_prepare_inputs", "autotune_forward_context", "autotune_transform_loss",
-    "autotune_window_size", "autotune_before_optimizer_step", "autotune_optimizer_step",
-    "autotune_after_optimizer_step", "autotune_step_failed", "autotune_epoch_start",
-    "autotune_epoch_end", "autotune_epoch_loader", "autotune_live_candidate",
-    "autotune_live_change", "autotune_engine_state", "autotune_load_engine_state",
-    "autotune_describe_engine",
-)
+class Engine(PluginHost):
+    """Train a model the way ``plan`` says. See docs/engine.md.
 
-
-@dataclass(frozen=True)
-class _Impl:
-    plugin: str
-    hook: str
-    function: Callable[..., Any]
-    argnames: tuple[str, ...]
-
-    def __call__(self, **kwargs: Any) -> Any:
-        try:
-            return self.function(**{a: kwargs[a] for a in self.argnames})
-        except (TrainingError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - name the plugin
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise TrainingError(f"plugin {self.plugin!r} failed in {self.hook}: "
-                                f"{type(exc).__name__}: {first}") from exc
-
-
-class Engine:
-    """Train a model the way ``plan`` says. See docs/engine.md."""
+    :param live: what changes this engine's settings during its run
+        (:class:`~autotune.engine.step.LiveHook`), each made from the engine
+        by a callable; ``None`` (the default): those the plugins in the plan
+        make (``autotune_live_adapter``: the daemon's share, speed changes
+        tried between epochs); ``()``: none, as for a tuner's trial, whose
+        measurement must run as planned.
+    """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Callable[[Any, Any], torch.Tensor] | StepContract | None = None,
@@ -82,7 +70,8 @@ class Engine:
                  manager: Any = None, context: Any = None,
                  device: str | torch.device | None = None, scheduler: Any = None,
                  scheduler_interval: str = "step", progress: bool = True,
-                 report: Report | None = None, trial: bool = False) -> None:
+                 report: Report | None = None,
+                 live: Sequence[LiveMaker] | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise AutotuneError(f"Engine: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -101,13 +90,7 @@ class Engine:
         self.last_loss_parts: dict[str, torch.Tensor] = {}
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
-        self.plan = plan if plan is not None else Plan()
-        self.context = context
-        self.report = report if report is not None else Report()
         self.progress = progress
-        #: A tuning trial or probe: what it measures must run as planned, so
-        #: nothing changes during it (autotune.live.adapter stays still).
-        self.trial = trial
         self.history = History()
         if device is None:
             self.device = model_device(model)
@@ -118,74 +101,11 @@ class Engine:
         # Counters, over the engine's life.
         self.micro_steps = 0
         self.optimizer_steps = 0
-        self.skipped_steps = 0
         self._window_count = 0
         self._window_size = 1
         self._last_samples = 0
-        self._close_callbacks: list[Callable[[], None]] = []
-        self._closed = False
-        self._plugin_state: dict[str, dict[str, Any]] = {}
-        self._hooks: dict[str, list[_Impl]] = {name: [] for name in STEP_HOOKS}
-        if manager is None and self.plan.plugins():
-            from autotune.plugin.manager import PluginManager
-
-            manager = PluginManager()
-        self.manager = manager
-        if manager is not None:
-            try:
-                self.plan = manager.setup_engine(self, self.plan)
-                for name in STEP_HOOKS:
-                    self._hooks[name] = [_Impl(plugin, name, function, tuple(args)) for
-                                         plugin, function, args in
-                                         manager.step_hooks(name, self.plan.plugins())]
-            except BaseException:
-                self.close()
-                raise
-
-    # -- what plugins use ------------------------------------------------------
-    def plugin_state(self, plugin: str) -> dict[str, Any]:
-        """A plugin's per-engine objects (created empty on first use)."""
-        return self._plugin_state.setdefault(plugin, {})
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` at :meth:`close` (last registered, first run)."""
-        self._close_callbacks.append(callback)
-
-    def note(self, plugin: str, kind: Kind | str, message: str) -> None:
-        """Record what a plugin did in the shared report."""
-        self.report.add(plugin, kind, message)
-
-    def revise_plan(self, plugin: str, values: Mapping[str, Any], reason: str) -> None:
-        """Record in :attr:`plan` what training actually ran with, when it
-        differs from what was planned (a fallback); observed at run time, so
-        the source is ``measured``. Delegates to :meth:`Plan.with_values`."""
-        self.plan = self.plan.with_values(plugin, values, Source.MEASURED, reason, force=True)
-
-    def change_live(self, plugin: str, values: Mapping[str, Any], source: Source,
-                    reason: str) -> bool:
-        """Change ``plugin``'s settings during a run (at an epoch boundary):
-        the plan gets ``values`` and the plugin's ``autotune_live_change``
-        brings them into force. False, and the plan unchanged, when the
-        plugin cannot (it does not implement the hook or says no)."""
-        before = self.plan
-        self.plan = self.plan.with_values(plugin, values, source, reason, force=True)
-        done = False
-        for impl in self._hooks["autotune_live_change"]:
-            if impl.plugin == plugin:
-                done = bool(impl(engine=self, values=dict(values))) or done
-        if not done:
-            self.plan = before
-        return done
-
-    def live_candidates(self, metrics: Any, share: Any) -> list[tuple[str, dict[str, Any]]]:
-        """``(plugin, {key: value})``: what each plugin proposes to try next
-        epoch (``autotune_live_candidate``), in call order."""
-        out = []
-        for impl in self._hooks["autotune_live_candidate"]:
-            values = impl(engine=self, metrics=metrics, share=share)
-            if values:
-                out.append((impl.plugin, dict(values)))
-        return out
+        super().__init__(plan if plan is not None else Plan(), manager=manager, context=context,
+                         report=report if report is not None else Report(), live=live)
 
     @property
     def window_size(self) -> int:
@@ -193,9 +113,19 @@ class Engine:
         return self._window_size
 
     @property
+    def pending_micro_batches(self) -> int:
+        """Micro-batches since the last optimizer step (0: between windows)."""
+        return self._window_count
+
+    @property
     def micro_batches_per_step(self) -> int:
         """Micro-batches in a full window (what the plugins ask for)."""
         return self._ask_window(None)
+
+    @property
+    def last_samples(self) -> int:
+        """Samples in the batch :meth:`prepare_batch` prepared last."""
+        return self._last_samples
 
     # -- properties ------------------------------------------------------------
     @property
@@ -215,18 +145,34 @@ class Engine:
             "micro_batches_per_step": self.micro_batches_per_step,
             "compiled": self.compiled,
             "ddp": find_ddp(self.model) is not None,
-            "step_hooks": {name[len("autotune_"):]: [i.plugin for i in impls]
-                           for name, impls in self._hooks.items() if impls},
+            "step_hooks": self.hooks.implementers(),
         }
-        for impl in self._hooks["autotune_describe_engine"]:
-            out.update(impl(engine=self) or {})
+        out.update(self.hooks.merged("autotune_describe_engine", engine=self))
         return out
 
     # -- one step ----------------------------------------------------------------
     def train_step(self, batch: Any) -> float:
         """One micro-batch; the optimizer steps when the window is full.
         Call :meth:`flush` to step a window that ends early."""
-        return float(self._micro_step(batch, remaining=None))
+        return float(self.micro_step(batch))
+
+    def micro_step(self, batch: Any, remaining: int | None = None) -> torch.Tensor:
+        """:meth:`train_step` without waiting for the device: the loss as a
+        detached tensor. ``remaining``: micro-batches left in the epoch, so
+        a last window that cannot be full is as long as what is left."""
+        self._check_open()
+        if self._window_count == 0:
+            self._window_size = self._ask_window(remaining)
+        if not self.model.training:
+            self.model.train()
+        batch = self.prepare_batch(batch)
+        sync = self._window_count + 1 >= self._window_size
+        loss = self.guarded(lambda: self._forward_backward(batch, sync), "training")
+        self._window_count += 1
+        self.micro_steps += 1
+        if self._window_count >= self._window_size:
+            self._step_optimizer()
+        return loss
 
     def flush(self) -> bool:
         """Step the optimizer on a partial window; True when a step ran."""
@@ -259,7 +205,7 @@ class Engine:
         return False
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise TrainingError("this engine is closed (its thread and precision settings were "
                                 "undone); build a new one with tuned.engine(...)")
 
@@ -269,13 +215,9 @@ class Engine:
         samples. What the engine's own step does first; for your own loop."""
         contract = self.contract
         batch = move_to(batch, self.device, non_blocking=self.device.type == "cuda")
-        hooks = self._hooks["autotune_prepare_inputs"]
-        if hooks:
-            inputs = contract.inputs_of(batch)
-            for impl in hooks:
-                changed = impl(engine=self, inputs=inputs)
-                if changed is not None:
-                    inputs = changed
+        if self.hooks["autotune_prepare_inputs"]:
+            inputs = self.hooks.chain("autotune_prepare_inputs", "inputs",
+                                       contract.inputs_of(batch), engine=self)
             batch = contract.with_inputs(batch, inputs)
         self._last_samples = contract.samples(batch)
         return batch
@@ -283,53 +225,24 @@ class Engine:
     def forward_context(self, training: bool = True) -> ContextManager[Any]:
         """Every plugin's context for the forward pass (autocast, ...),
         first plugin outermost; a no-op when none gives one."""
-        contexts = [c for c in (impl(engine=self, training=training)
-                                for impl in self._hooks["autotune_forward_context"])
-                    if c is not None]
+        contexts = [context for _plugin, context in self.hooks.each(
+            "autotune_forward_context", engine=self, training=training) if context is not None]
         if not contexts:
             return nullcontext()
-        if len(contexts) == 1:
-            return contexts[0]
-        stack = ExitStack()
-
-        class _All:
-            def __enter__(self_inner) -> Any:
-                for context in contexts:
-                    stack.enter_context(context)
-                return stack
-
-            def __exit__(self_inner, *exc: Any) -> Any:
-                return stack.__exit__(*exc)
-
-        return _All()
+        return contexts[0] if len(contexts) == 1 else nested(contexts)
 
     #: The name users of autocast know; the same contexts.
     autocast = forward_context
 
     def _ask_window(self, remaining: int | None) -> int:
-        for impl in self._hooks["autotune_window_size"]:
-            size = impl(engine=self, remaining=remaining)
-            if size is not None:
-                if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-                    raise TrainingError(f"plugin {impl.plugin!r}: autotune_window_size must "
-                                        f"return an integer >= 1, got {size!r}")
-                return size
-        return 1
-
-    def _micro_step(self, batch: Any, remaining: int | None) -> torch.Tensor:
-        self._check_open()
-        if self._window_count == 0:
-            self._window_size = self._ask_window(remaining)
-        if not self.model.training:
-            self.model.train()
-        batch = self.prepare_batch(batch)
-        sync = self._window_count + 1 >= self._window_size
-        loss = self._guarded(lambda: self._forward_backward(batch, sync), "training")
-        self._window_count += 1
-        self.micro_steps += 1
-        if self._window_count >= self._window_size:
-            self._step_optimizer()
-        return loss
+        found = self.hooks.first("autotune_window_size", engine=self, remaining=remaining)
+        if found is None:
+            return 1
+        plugin, size = found
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise TrainingError(f"plugin {plugin!r}: autotune_window_size must "
+                                f"return an integer >= 1, got {size!r}")
+        return size
 
     def _forward_backward(self, batch: Any, sync: bool) -> torch.Tensor:
         ddp = find_ddp(self.model)
@@ -343,33 +256,25 @@ class Engine:
         return result.value.detach()
 
     def _backward(self, loss: torch.Tensor) -> None:
-        differentiated = loss
-        for impl in self._hooks["autotune_transform_loss"]:
-            changed = impl(engine=self, loss=differentiated)
-            if changed is not None:
-                differentiated = changed
-        differentiated.backward()
+        self.hooks.chain("autotune_transform_loss", "loss", loss, engine=self).backward()
 
-    def _guarded(self, run: Callable[[], Any], phase: str) -> Any:
-        """Run ``run``; when it raises, a plugin may change the engine
-        (``autotune_step_failed``) and the step runs once more. Loader
-        worker failures and plugin errors are not recoverable here."""
-        if not self._hooks["autotune_step_failed"]:
+    def guarded(self, run: Callable[[], Any], phase: str) -> Any:
+        """Run ``run`` (a forward, or forward and backward); when it raises,
+        a plugin may change the engine (``autotune_step_failed``) and it
+        runs once more. Loader worker failures and plugin errors are not
+        recoverable here. ``phase``: ``"training"`` or ``"evaluation"``."""
+        if not self.hooks["autotune_step_failed"]:
             return run()
         try:
             return run()
         except Exception as error:  # noqa: BLE001 - offered to the plugins
-            from autotune.engine.loop import is_worker_failure
-
             if is_worker_failure(error) or isinstance(error, TrainingError):
                 raise
-            recovery: Recovery | None = None
-            for impl in self._hooks["autotune_step_failed"]:
-                recovery = impl(engine=self, error=error, phase=phase)
-                if recovery is not None:
-                    break
-            if recovery is None:
+            found = self.hooks.first("autotune_step_failed", engine=self, error=error,
+                                      phase=phase)
+            if found is None:
                 raise
+            recovery: Recovery = found[1]
             if phase == "training" and self._window_count == 0:
                 self.optimizer.zero_grad(set_to_none=True)
             try:
@@ -382,43 +287,42 @@ class Engine:
             return result
 
     def _step_optimizer(self) -> None:
-        count = self._window_count
-        for impl in self._hooks["autotune_before_optimizer_step"]:
-            impl(engine=self, optimizer=self.optimizer, micro_batches=count)
-        stepped: bool | None = None
-        for impl in self._hooks["autotune_optimizer_step"]:
-            stepped = impl(engine=self, optimizer=self.optimizer)
-            if stepped is not None:
-                break
-        if stepped is None:
-            self.optimizer.step()
-            stepped = True
-        self.optimizer.zero_grad(set_to_none=True)
+        hooks, optimizer = self.hooks, self.optimizer
+        hooks.each("autotune_before_optimizer_step", engine=self, optimizer=optimizer,
+                   micro_batches=self._window_count)
+        answer = hooks.first("autotune_optimizer_step", engine=self, optimizer=optimizer)
+        if answer is None:
+            optimizer.step()
+        skipped = answer is not None and not answer[1]
+        optimizer.zero_grad(set_to_none=True)
         self._window_count = 0
         self.optimizer_steps += 1
-        skipped = not stepped
-        for impl in self._hooks["autotune_after_optimizer_step"]:
-            impl(engine=self, optimizer=self.optimizer, skipped=skipped)
-        if skipped:
-            self.skipped_steps += 1
-        elif self.scheduler is not None and self.scheduler_interval == "step":
+        hooks.each("autotune_after_optimizer_step", engine=self, optimizer=optimizer,
+                   skipped=skipped)
+        for adapter in self.live_adapters:
+            adapter.at_step()
+        if not skipped and self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
 
-    def _epoch_event(self, epoch: int, end: bool) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        name = "autotune_epoch_end" if end else "autotune_epoch_start"
-        for impl in self._hooks[name]:
-            result = impl(engine=self, epoch=epoch)
-            if end and result:
-                metrics.update(result)
-        return metrics
+    # -- epochs ------------------------------------------------------------------
+    def epoch_start(self, epoch: int) -> None:
+        """The start of epoch ``epoch`` (counted from 1 over the engine's
+        life): the plugins' ``autotune_epoch_start``, then each live
+        adapter's. :meth:`fit` calls it; so may a loop of your own."""
+        self.hooks.each("autotune_epoch_start", engine=self, epoch=epoch)
+        for adapter in self.live_adapters:
+            adapter.at_epoch_start(epoch)
 
-    def _epoch_loader(self, loader: Iterable[Any], epoch: int) -> Iterable[Any]:
-        for impl in self._hooks["autotune_epoch_loader"]:
-            replacement = impl(engine=self, loader=loader, epoch=epoch)
-            if replacement is not None:
-                return replacement
-        return loader
+    def epoch_loader(self, loader: Iterable[Any], epoch: int) -> Iterable[Any]:
+        """The loader to iterate in epoch ``epoch``: a plugin's replacement
+        (``autotune_epoch_loader``: workers changed during the run) or ``loader``."""
+        found = self.hooks.first("autotune_epoch_loader", engine=self, loader=loader, epoch=epoch)
+        return loader if found is None else found[1]
+
+    def epoch_end(self, epoch: int) -> dict[str, float]:
+        """What the plugins measured in epoch ``epoch`` (``autotune_epoch_end``),
+        under their own keys; :meth:`fit` keeps it in ``EpochMetrics.extra``."""
+        return self.hooks.merged("autotune_epoch_end", engine=self, epoch=epoch)
 
     # -- loops -------------------------------------------------------------------
     def fit(self, loader: Iterable[Any], epochs: int = 1, val_loader: Iterable[Any] | None = None,
@@ -426,8 +330,6 @@ class Engine:
         """Train for ``epochs`` (or until ``max_steps`` micro-batches in
         total); validate on ``val_loader`` after each epoch. Returns (and
         extends) :attr:`history`."""
-        from autotune.engine.loop import run_fit
-
         self._check_open()
         if not isinstance(epochs, int) or epochs < 1:
             raise AutotuneError(f"fit: epochs must be an integer >= 1, got {epochs!r}")
@@ -441,60 +343,43 @@ class Engine:
         """Mean loss (and each ``metrics[name](outputs, targets)``) over
         ``loader``, weighted by batch size, with autocast as in training and
         no gradients. Returns ``{"loss": ..., name: ..., "samples": n}``."""
-        from autotune.engine.loop import run_evaluate
-
         self._check_open()
         return run_evaluate(self, loader, metrics or {})
 
     # -- checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Model (keys as in the user's module: no ``_orig_mod.``), optimizer,
-        scaler, scheduler, counters, history and plan."""
-        from autotune.engine.checkpoint import engine_state
-
-        return engine_state(self)
+        each plugin's state (the fp16 scaler's), scheduler, counters, history
+        and plan."""
+        return engine_state(module=self.module, optimizer=self.optimizer,
+                            plugins=self.plugin_checkpoint(), scheduler=self.scheduler,
+                            counters={"micro_steps": self.micro_steps,
+                                      "optimizer_steps": self.optimizer_steps},
+                            history=self.history, plan=self.plan)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        from autotune.engine.checkpoint import load_engine_state
-
-        load_engine_state(self, state)
+        restored = load_engine_state(state, module=self.module, optimizer=self.optimizer,
+                                     load_plugins=self.load_plugin_checkpoint,
+                                     scheduler=self.scheduler)
+        self.micro_steps = restored.counters.get("micro_steps", 0)
+        self.optimizer_steps = restored.counters.get("optimizer_steps", 0)
+        self.history = restored.history
 
     def plugin_checkpoint(self) -> dict[str, Any]:
         """Each plugin's ``autotune_engine_state``, by plugin name."""
-        out: dict[str, Any] = {}
-        for impl in self._hooks["autotune_engine_state"]:
-            state = impl(engine=self)
-            if state is not None:
-                out[impl.plugin] = dict(state)
-        return out
+        return {plugin: dict(state) for plugin, state in
+                self.hooks.each("autotune_engine_state", engine=self) if state is not None}
 
     def load_plugin_checkpoint(self, states: Mapping[str, Any]) -> None:
-        for impl in self._hooks["autotune_load_engine_state"]:
-            if states.get(impl.plugin) is not None:
-                impl(engine=self, state=states[impl.plugin])
+        for call in self.hooks["autotune_load_engine_state"]:
+            if states.get(call.plugin) is not None:
+                call(engine=self, state=states[call.plugin])
 
     def save(self, path: str) -> None:
         torch.save(self.state_dict(), path)
 
     def load(self, path: str) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
-
-    # -- life cycle ------------------------------------------------------------------
-    def close(self) -> None:
-        """Undo global state the plugins changed (threads, TF32, env). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        while self._close_callbacks:
-            callback = self._close_callbacks.pop()
-            try:
-                callback()
-            except Exception as exc:  # noqa: BLE001 - undo the rest regardless
-                log.warning("engine close: %r failed: %s", callback, exc)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def __enter__(self) -> "Engine":
         return self

@@ -26,17 +26,18 @@ class EpochMetrics:
     samples_per_s: float
     #: Samples per optimizer step: batch size x micro-batches per step.
     effective_batch_size: int
-    #: Optimizer steps the fp16 GradScaler skipped (inf/NaN gradients).
-    skipped_steps: int
     #: Time the loop spent waiting for the DataLoader to hand over a batch.
     data_wait_s: float
     batches: int = 0
     samples: int = 0
+    #: Optimizer steps taken, a step a plugin skipped included (the fp16
+    #: GradScaler's on inf/NaN gradients).
     optimizer_steps: int = 0
-    #: Mean pre-clip gradient norm when a plugin records it (clipping on);
-    #: ``None`` otherwise.
-    grad_norm: float | None = None
-    #: Other per-epoch metrics plugins return from ``autotune_epoch_end``.
+    #: What the plugins measured, as each returns it from
+    #: ``autotune_epoch_end``, under its own keys (``clipping.grad_norm``:
+    #: the mean pre-clip norm; ``mixed_precision.skipped_steps``: steps the
+    #: fp16 GradScaler skipped), and each part's mean when the loss is a
+    #: dict of losses (``loss_classifier``...). The engine knows none of them.
     extra: Mapping[str, float] = field(default_factory=dict)
     #: Intra-op threads at the epoch's end, and the loader's workers: what
     #: the epoch ran with (they can change between epochs, autotune.live.adapter).
@@ -51,12 +52,11 @@ class EpochMetrics:
         """One line for logs and example scripts."""
         of = f"/{epochs}" if epochs else ""
         val = f" val_loss {self.val_loss:.4f}" if self.val_loss is not None else ""
-        norm = f" grad_norm {self.grad_norm:.3g}" if self.grad_norm is not None else ""
-        skipped = f" skipped_steps {self.skipped_steps}" if self.skipped_steps else ""
-        return (f"epoch {self.epoch}{of}: train_loss {self.train_loss:.4f}{val}{norm} | "
+        extra = "".join(f" {name} {value:.3g}" for name, value in self.extra.items())
+        return (f"epoch {self.epoch}{of}: train_loss {self.train_loss:.4f}{val}{extra} | "
                 f"{self.epoch_time_s:.2f} s, {self.avg_batch_time_s * 1000:.1f} ms/batch, "
                 f"{self.samples_per_s:.0f} samples/s, effective batch {self.effective_batch_size}, "
-                f"data wait {self.data_wait_s:.2f} s ({self.data_wait_fraction:.0%}){skipped}")
+                f"data wait {self.data_wait_s:.2f} s ({self.data_wait_fraction:.0%})")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EpochMetrics":
@@ -87,8 +87,17 @@ class History:
         return self.epochs[-1] if self.epochs else None
 
     def column(self, name: str) -> list[Any]:
-        """One metric across epochs, e.g. ``history.column("train_loss")``."""
-        return [getattr(e, name) for e in self.epochs]
+        """One metric across epochs, e.g. ``history.column("train_loss")``;
+        a plugin's (``"clipping.grad_norm"``) is ``None`` in an epoch
+        without it."""
+        known = {f.name for f in fields(EpochMetrics)}
+        if name in known:
+            return [getattr(e, name) for e in self.epochs]
+        if self.epochs and not any(name in e.extra for e in self.epochs):
+            measured = ", ".join(sorted({k for e in self.epochs for k in e.extra})) or "-"
+            raise AutotuneError(f"no metric {name!r} in this history; fields: "
+                                f"{', '.join(sorted(known))}; measured: {measured}")
+        return [e.extra.get(name) for e in self.epochs]
 
     # -- JSON ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,39 +1,63 @@
-"""The epoch loop behind :meth:`autotune.engine.engine.Engine.fit`: timing, metrics,
-progress bars, monitor calls and DataLoader failures."""
+"""The epoch loop behind :meth:`Engine.fit` and :meth:`Engine.evaluate`:
+timing, metrics, progress bars, monitor calls and DataLoader failures.
+
+The loop drives the engine through its public methods only -- the ones a
+loop of your own would use (:class:`LoopEngine` lists them) -- so it needs
+nothing of the engine's inside, and the engine imports it, not the other
+way round."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
-from dataclasses import replace
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Protocol
 
 import torch
-from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from autotune.errors import TrainingError
-from autotune.engine.history import EpochMetrics, History
 from autotune.display.progress import MIN_INTERVAL_S, bar
+from autotune.engine.history import EpochMetrics, History
+from autotune.engine.step import Monitor
+from autotune.engine.workers import worker_failures
+from autotune.errors import TrainingError
+from autotune.workload.contract import StepContract
 
-if TYPE_CHECKING:  # pragma: no cover
-    from autotune.engine.engine import Engine
-    from autotune.engine.step import Monitor
-
+# Epoch summaries are the engine's log lines (docs/engine.md).
 log = logging.getLogger("autotune.engine.engine")
 
-#: The RuntimeErrors torch.utils.data raises when a worker process dies or
-#: hangs: "DataLoader worker (pid(s) 12, 13) exited unexpectedly" (found by
-#: the loader itself), "DataLoader worker (pid 12) exited unexpectedly with
-#: exit code 1" and "... is killed by signal: Killed." (its SIGCHLD handler),
-#: "DataLoader timed out after 30 seconds", "Pin memory thread exited
-#: unexpectedly". An exception inside the dataset is not one of them: torch
-#: re-raises it with its own type and "Caught ... in DataLoader worker
-#: process 0" before the worker's traceback.
-_WORKER_FAILURE = re.compile(r"DataLoader worker \(pid|DataLoader timed out after"
-                             r"|Pin memory thread exited unexpectedly")
+
+class LoopEngine(Protocol):
+    """What the loops use of an engine (all public)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    contract: StepContract
+    device: torch.device
+    history: History
+    scheduler: Any
+    scheduler_interval: str
+    micro_steps: int
+    optimizer_steps: int
+    last_loss_parts: dict[str, torch.Tensor]
+
+    @property
+    def module(self) -> torch.nn.Module: ...
+    @property
+    def micro_batches_per_step(self) -> int: ...
+    @property
+    def last_samples(self) -> int: ...
+    @property
+    def pending_micro_batches(self) -> int: ...
+    def micro_step(self, batch: Any, remaining: int | None = None) -> torch.Tensor: ...
+    def flush(self) -> bool: ...
+    def prepare_batch(self, batch: Any) -> Any: ...
+    def forward_context(self, training: bool = True) -> ContextManager[Any]: ...
+    def guarded(self, run: Callable[[], Any], phase: str) -> Any: ...
+    def epoch_start(self, epoch: int) -> None: ...
+    def epoch_end(self, epoch: int) -> dict[str, float]: ...
+    def epoch_loader(self, loader: Iterable[Any], epoch: int) -> Iterable[Any]: ...
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]: ...
 
 
 def _length(loader: Iterable[Any]) -> int | None:
@@ -43,127 +67,18 @@ def _length(loader: Iterable[Any]) -> int | None:
         return None
 
 
-def is_worker_failure(exc: BaseException) -> bool:
-    """True when ``exc`` is torch saying a DataLoader worker died or hung
-    (it can surface at any line of the training step, from a signal handler)."""
-    return isinstance(exc, RuntimeError) and bool(_WORKER_FAILURE.search(str(exc)))
-
-
-def _loader_error(exc: BaseException, loader: Any, epoch: int | None,
-                  batch: int) -> TrainingError | None:
-    """``exc`` as a :class:`TrainingError` with the hint when it says a
-    loader worker died or hung; None for any other exception. ``epoch`` is
-    None in evaluation."""
-    message = str(exc)
-    if not is_worker_failure(exc):
-        return None
-    workers = getattr(loader, "num_workers", "?")
-    first = (message.strip().splitlines() or [""])[0]
-    where = "evaluation" if epoch is None else f"epoch {epoch}"
-    return TrainingError(
-        f"DataLoader worker failed in {where} while loading batch {batch + 1} "
-        f"(loader with num_workers={workers}): {first} HINT: a worker was killed (out of "
-        "memory?) or crashed in native code; rerun with disable=['dataloader'] or "
-        "overrides={'dataloader': {'num_workers': 0}} to see the failure in this process")
-
-
-@contextlib.contextmanager
-def _worker_failures(loader: Any, epoch: int | None,
-                     position: Callable[[], int]) -> Iterator[list[Any]]:
-    """Turn a dying loader worker into a :class:`TrainingError`, wherever it
-    surfaces while the body runs, and shut the body's iterator down before
-    leaving.
-
-    torch reports a dead worker from its SIGCHLD handler, which runs in the
-    main thread at whatever Python line is current: inside ``next()``, but
-    just as well inside ``iter(loader)``, the training step or the iterator's
-    shutdown. The body appends its iterator to the yielded list; on every
-    way out but a persistent iterator's normal end, its workers are stopped
-    here, inside the guard, so a late signal from them cannot raise a bare
-    RuntimeError in the caller's code afterwards. ``position()`` is the
-    number of batches done so far.
-    """
-    iterators: list[Any] = []
-    try:
-        yield iterators
-        if not getattr(loader, "persistent_workers", False):
-            _stop_workers(iterators, loader)
-    except BaseException as exc:
-        # A dead worker, the step's own error or Ctrl-C: the workers go too,
-        # a persistent loader's included (the next epoch starts new ones),
-        # and any that iter(loader) was starting when the error struck.
-        _stop_workers([*iterators, getattr(loader, "_iterator", None),
-                       *_under_construction(exc.__traceback__)], loader, quiet=True)
-        wrapped = _loader_error(exc, loader, epoch, position())
-        if wrapped is None:
-            raise
-        try:
-            raise wrapped from exc
-        finally:
-            # No cycle error -> traceback -> this frame -> error: the frames
-            # hold the loader, and a loader freed by the cycle collector
-            # closes its queues before its workers hear "stop" (then each
-            # takes torch's 5 s join timeout).
-            del wrapped
-
-
-def _under_construction(traceback: TracebackType | None) -> list[Any]:
-    """The loader iterator a worker failure interrupted in its constructor
-    (``iter(loader)``): never returned, yet its workers run until someone
-    shuts them down. Only torch's own constructor frame is looked into:
-    reading our frames' locals would keep the error in a reference cycle."""
-    found: list[Any] = []
-    constructor = _MultiProcessingDataLoaderIter.__init__.__code__
-    while traceback is not None:
-        if traceback.tb_frame.f_code is constructor:
-            found.append(traceback.tb_frame.f_locals.get("self"))
-        traceback = traceback.tb_next
-    return found
-
-
-def _stop_workers(iterators: list[Any], loader: Any, *, quiet: bool = False) -> None:
-    """Shut down the worker processes of each iterator in ``iterators`` now
-    (nothing to do for a single-process iterator or a plain iterable). A
-    stopped persistent iterator is dropped from its loader, so the next epoch
-    starts fresh workers. ``quiet``: another exception is on its way out, so
-    what the shutdown raises (a worker failure reported meanwhile, a half-built
-    iterator's missing attribute) is logged, not raised over it."""
-    stopped: list[Any] = []
-    while iterators:
-        iterator = iterators.pop()
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is None or any(iterator is done for done in stopped):
-            continue
-        stopped.append(iterator)
-        if getattr(loader, "_iterator", None) is iterator:
-            loader._iterator = None
-        try:
-            shutdown()
-        except Exception as exc:  # noqa: BLE001 - see quiet
-            if not quiet:
-                raise
-            log.debug("while a loader's workers shut down after an error: %r", exc)
-        finally:
-            # A signal handled during the shutdown can cut it short before
-            # torch forgets the worker pids; forget them here, so its handler
-            # cannot raise for these workers again.
-            if getattr(iterator, "_worker_pids_set", False):
-                from torch.utils.data._utils import signal_handling
-
-                signal_handling._remove_worker_pids(id(iterator))
-                iterator._worker_pids_set = False
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def run_fit(engine: "Engine", loader: Iterable[Any], epochs: int, val_loader: Iterable[Any] | None,
-            *, max_steps: int | None, monitor: "Monitor | None", show: bool) -> History:
+def run_fit(engine: LoopEngine, loader: Iterable[Any], epochs: int,
+            val_loader: Iterable[Any] | None, *, max_steps: int | None,
+            monitor: Monitor | None, show: bool) -> History:
+    """The body of :meth:`Engine.fit`, its arguments checked."""
     first_epoch = len(engine.history) + 1
     steps_left = max_steps
-    if engine._window_count == 0:
+    if engine.pending_micro_batches == 0:
         engine.optimizer.zero_grad(set_to_none=True)
     epoch_bar = bar(epochs, "epochs", enabled=show and epochs > 1, unit="epoch", leave=True)
     if monitor is not None:
@@ -172,7 +87,7 @@ def run_fit(engine: "Engine", loader: Iterable[Any], epochs: int, val_loader: It
         for number in range(first_epoch, first_epoch + epochs):
             metrics, used = _train_epoch(engine, loader, number, steps_left, monitor, show)
             if val_loader is not None:
-                metrics = _with_validation(engine, metrics, val_loader)
+                metrics = replace(metrics, val_loss=engine.evaluate(val_loader)["loss"])
             if engine.scheduler is not None and engine.scheduler_interval == "epoch":
                 engine.scheduler.step()
             engine.history.append(metrics)
@@ -190,17 +105,36 @@ def run_fit(engine: "Engine", loader: Iterable[Any], epochs: int, val_loader: It
     return engine.history
 
 
-def _with_validation(engine: "Engine", metrics: EpochMetrics,
-                     val_loader: Iterable[Any]) -> EpochMetrics:
-    return replace(metrics, val_loss=engine.evaluate(val_loader)["loss"])
+@dataclass
+class _Tally:
+    """One epoch's sums so far; the losses stay on the device until the end."""
+
+    loss: torch.Tensor
+    #: A dict of losses: each part, sample-weighted.
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    batches: int = 0
+    samples: int = 0
+    data_wait: float = 0.0
+    #: Samples per optimizer step, from the first batch.
+    effective: int = 0
+
+    def add(self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], samples: int,
+            wait: float) -> None:
+        self.loss += loss.float() * samples
+        for name, part in parts.items():
+            weighted = part.float() * samples
+            self.parts[name] = self.parts[name] + weighted if name in self.parts else weighted
+        self.batches += 1
+        self.samples += samples
+        self.data_wait += wait
 
 
-def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left: int | None,
-                 monitor: "Monitor | None", show: bool) -> tuple[EpochMetrics, int]:
+def _train_epoch(engine: LoopEngine, loader: Iterable[Any], epoch: int, steps_left: int | None,
+                 monitor: Monitor | None, show: bool) -> tuple[EpochMetrics, int]:
     # Plugins may change the loader between epochs (workers changed live):
-    # the epoch-start hooks run first, then the loader is chosen.
-    engine._epoch_event(epoch, end=False)
-    loader = engine._epoch_loader(loader, epoch)
+    # the epoch-start events run first, then the loader is chosen.
+    engine.epoch_start(epoch)
+    loader = engine.epoch_loader(loader, epoch)
     length = _length(loader)
     limit = length if steps_left is None else (steps_left if length is None
                                                else min(length, steps_left))
@@ -210,39 +144,60 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
     # differently from plain PyTorch. Only max_steps cuts an epoch short.
     stop_at = None if steps_left is None or (length is not None and steps_left >= length) \
         else limit
-    loss_sum = torch.zeros((), device=engine.device)
-    part_sums: dict[str, torch.Tensor] = {}  # a dict of losses: each part, sample-weighted
-    batches = samples = 0
-    data_wait = 0.0
-    skipped_before, steps_before = engine.skipped_steps, engine.optimizer_steps
-    batch_bar = bar(limit, f"epoch {epoch}", enabled=show)
-    last_postfix = 0.0
-    effective = 0
+    tally = _Tally(torch.zeros((), device=engine.device))
+    steps_before = engine.optimizer_steps
     started = time.perf_counter()
-    with _worker_failures(loader, epoch, lambda: batches) as iterators, \
-            contextlib.closing(batch_bar):
+    with worker_failures(loader, epoch, lambda: tally.batches) as iterators:
         iterator = iter(loader)
         iterators.append(iterator)
-        while stop_at is None or batches < stop_at:
+        _train_batches(engine, iterator, tally, f"epoch {epoch}", limit, stop_at, monitor, show)
+        engine.flush()  # a partial last window is stepped at the end of the epoch
+        _synchronize(engine.device)
+        elapsed = time.perf_counter() - started  # before the workers shut down
+    extra = engine.epoch_end(epoch)
+    for name, total in tally.parts.items():
+        extra.setdefault(name, float(total) / max(1, tally.samples))
+    if tally.batches == 0:
+        raise TrainingError(f"epoch {epoch}: the loader yielded no batches")
+    metrics = EpochMetrics(
+        epoch=epoch,
+        train_loss=float(tally.loss) / tally.samples,
+        val_loss=None,
+        epoch_time_s=elapsed,
+        avg_batch_time_s=elapsed / tally.batches,
+        samples_per_s=tally.samples / elapsed if elapsed > 0 else 0.0,
+        effective_batch_size=tally.effective,
+        data_wait_s=tally.data_wait,
+        batches=tally.batches,
+        samples=tally.samples,
+        optimizer_steps=engine.optimizer_steps - steps_before,
+        extra={k: float(v) for k, v in extra.items()},
+        threads=torch.get_num_threads(),
+        loader_workers=getattr(loader, "num_workers", None),
+    )
+    return metrics, tally.batches
+
+
+def _train_batches(engine: LoopEngine, iterator: Any, tally: _Tally, title: str,
+                   limit: int | None, stop_at: int | None, monitor: Monitor | None,
+                   show: bool) -> None:
+    """Train on batches from ``iterator`` until it ends or ``stop_at``."""
+    last_postfix = 0.0
+    with contextlib.closing(bar(limit, title, enabled=show)) as batch_bar:
+        while stop_at is None or tally.batches < stop_at:
             fetch_start = time.perf_counter()
             try:
                 batch = next(iterator)
             except StopIteration:
                 break
             step_start = time.perf_counter()
-            remaining = None if limit is None else limit - batches
-            loss = engine._micro_step(batch, remaining)
+            remaining = None if limit is None else limit - tally.batches
+            loss = engine.micro_step(batch, remaining)
             step_end = time.perf_counter()
-            n = engine._last_samples
-            if batches == 0:
-                effective = n * engine.micro_batches_per_step
-            loss_sum += loss.float() * n
-            for name, part in engine.last_loss_parts.items():
-                weighted = part.float() * n
-                part_sums[name] = part_sums[name] + weighted if name in part_sums else weighted
-            batches += 1
-            samples += n
-            data_wait += step_start - fetch_start
+            n = engine.last_samples
+            if tally.batches == 0:
+                tally.effective = n * engine.micro_batches_per_step
+            tally.add(loss, engine.last_loss_parts, n, step_start - fetch_start)
             if monitor is not None:
                 monitor.record_step(step=engine.micro_steps, data_wait_s=step_start - fetch_start,
                                     step_s=step_end - step_start, samples=n)
@@ -251,37 +206,9 @@ def _train_epoch(engine: "Engine", loader: Iterable[Any], epoch: int, steps_left
                 # .item() waits for the device, so only as often as the bar redraws.
                 batch_bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 last_postfix = step_end
-        engine.flush()  # a partial last window is stepped at the end of the epoch
-        _synchronize(engine.device)
-        elapsed = time.perf_counter() - started  # before the workers shut down
-    extra = engine._epoch_event(epoch, end=True)
-    for name, total in part_sums.items():
-        extra.setdefault(name, float(total) / max(1, samples))
-    if batches == 0:
-        raise TrainingError(f"epoch {epoch}: the loader yielded no batches")
-    grad_norm = extra.pop("grad_norm", None)
-    metrics = EpochMetrics(
-        epoch=epoch,
-        train_loss=float(loss_sum) / samples,
-        val_loss=None,
-        epoch_time_s=elapsed,
-        avg_batch_time_s=elapsed / batches,
-        samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
-        effective_batch_size=effective,
-        skipped_steps=engine.skipped_steps - skipped_before,
-        data_wait_s=data_wait,
-        batches=batches,
-        samples=samples,
-        optimizer_steps=engine.optimizer_steps - steps_before,
-        grad_norm=None if grad_norm is None else float(grad_norm),
-        extra={k: float(v) for k, v in extra.items()},
-        threads=torch.get_num_threads(),
-        loader_workers=getattr(loader, "num_workers", None),
-    )
-    return metrics, batches
 
 
-def run_evaluate(engine: "Engine", loader: Iterable[Any],
+def run_evaluate(engine: LoopEngine, loader: Iterable[Any],
                  metrics: Mapping[str, Callable[[Any, Any], Any]]) -> dict[str, float]:
     """The body of :meth:`Engine.evaluate`: sums stay on the device until the end."""
     was_training = engine.module.training
@@ -289,12 +216,12 @@ def run_evaluate(engine: "Engine", loader: Iterable[Any],
     sums: dict[str, torch.Tensor] = {}
     samples = batches = 0
     try:
-        with torch.no_grad(), _worker_failures(loader, None, lambda: batches) as iterators:
+        with torch.no_grad(), worker_failures(loader, None, lambda: batches) as iterators:
             iterator = iter(loader)
             iterators.append(iterator)
             for batch in iterator:
                 batch = engine.prepare_batch(batch)
-                n = engine._last_samples
+                n = engine.last_samples
                 targets = engine.contract.targets_of(batch)
 
                 def forward(batch: Any = batch) -> tuple[Any, torch.Tensor]:
@@ -302,7 +229,7 @@ def run_evaluate(engine: "Engine", loader: Iterable[Any],
                         result = engine.contract.loss(engine.model, batch)
                         return result.outputs, result.value
 
-                outputs, loss = engine._guarded(forward, "evaluation")
+                outputs, loss = engine.guarded(forward, "evaluation")
                 values = {"loss": loss}
                 for name, fn in metrics.items():
                     values[name] = torch.as_tensor(fn(outputs, targets), device=engine.device)

@@ -1,6 +1,7 @@
-"""What the engine's step events exchange with plugins: the monitor
-protocol :meth:`Engine.fit` reports to, and :class:`Recovery`, the answer
-to ``autotune_step_failed``."""
+"""What the engine's events exchange with the objects around it: the
+monitor protocol :meth:`Engine.fit` reports to, :class:`Recovery` (the
+answer to ``autotune_step_failed``) and :class:`LiveHook`, what changes an
+engine's settings during its run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,19 @@ class Monitor(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def record_step(self, step: int, data_wait_s: float, step_s: float, samples: int) -> None: ...
+
+
+class LiveHook(Protocol):
+    """What an engine calls on each of its live adapters (see
+    :mod:`autotune.live.adapter`): at the start of every epoch of
+    :meth:`Engine.fit`, after the plugins' ``autotune_epoch_start``, and
+    after every optimizer step, after ``autotune_after_optimizer_step``.
+    Whoever builds the engine decides which it has (``Engine(live=...)``):
+    by default each plugin's ``autotune_live_adapter``; a tuner's trial
+    passes none, so what it measures runs as planned."""
+
+    def at_epoch_start(self, epoch: int) -> None: ...
+    def at_step(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,12 @@ the daemon, nor is an epoch during which a new share arrived (it ran beside
 a job that had just come, with more threads than its share). Every change is a
 :class:`LiveChange` in :attr:`LiveAdapter.changes` and an event in the
 engine's report; the epoch records (``History``) show the threads and
-loader workers each epoch ran with. A tuning trial's engine
-(``Engine(trial=True)``) is left alone: what it measures runs as planned.
+loader workers each epoch ran with.
+
+The engine drives its adapters (:class:`~autotune.engine.step.LiveHook`);
+which it has is up to whoever builds it: by default the plugins'
+(``autotune_live_adapter``), while a tuner's trial is built with none
+(``Engine(live=())``), so what it measures runs as planned.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import torch
 from autotune.plan.knobs import Effect
 from autotune.plan.plan import Source
 from autotune.plan.report import Kind
-from autotune.plan.resources import Share, share_plan
+from autotune.plan.resources import Share
+from autotune.plugin.manager import share_plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from autotune.engine.engine import Engine
@@ -98,8 +103,6 @@ class LiveAdapter:
 
     def at_epoch_start(self, epoch: int) -> None:
         engine = self.engine
-        if engine.trial:
-            return
         generation, share = self.shares()
         if engine.history:
             last = engine.history[-1]
@@ -116,8 +119,6 @@ class LiveAdapter:
         """After an optimizer step: a share with fewer threads than are running
         (a job arrived) is taken at once -- oversubscribed cores slow every
         job -- while more cores wait for the epoch boundary."""
-        if self.engine.trial:
-            return
         generation, share = self.shares()
         if generation == self._generation or share is None or share.threads is None:
             return

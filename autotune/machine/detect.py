@@ -57,7 +57,16 @@ def _read_proc_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     return info
 
 
-__all__ = ["cgroup_cpu_quota", "detect", "usable_cpu_count"]
+def cpu_id(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The CPU's ``family``, ``model`` and ``stepping`` numbers from
+    /proc/cpuinfo (``{}`` where there is none): a VM may name its CPU only
+    "AMD EPYC", and they still tell one generation from another."""
+    info = _read_proc_cpuinfo(path)
+    return {key: info[name] for key, name in (("family", "cpu family"), ("model", "model"),
+                                                ("stepping", "stepping")) if name in info}
+
+
+__all__ = ["cgroup_cpu_quota", "cpu_id", "detect", "usable_cpu_count"]
 
 
 def usable_cpu_count(logical: int, notes: list[str], *, affinity: set[int] | None = None,

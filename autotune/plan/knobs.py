@@ -29,30 +29,14 @@ deep in training. And it tells the tuner how to measure the setting
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
-if TYPE_CHECKING:  # pragma: no cover
-    from autotune.plan.plan import Plan
-
-
-class Effect(str, enum.Enum):
-    #: Only how fast training runs: rules may set it, the tuner searches it.
-    SPEED = "speed"
-    #: The numbers computed change slightly (autocast precision, TF32): a
-    #: speed knob only once measured faster here, or when the user asks.
-    NUMERICS = "numerics"
-    #: What is trained changes (clipping, accumulation): only on request,
-    #: never searched.
-    TRAINING = "training"
-
-    @property
-    def label(self) -> str:
-        """How the plan table marks it ("" for plain speed settings)."""
-        return {"speed": "", "numerics": "changes numerics",
-                "training": "changes training"}[self.value]
+from autotune.errors import PlanError
+from autotune.plan.plan import Plan
+# Effect is re-exported: a knob's effect is imported from here by most callers.
+from autotune.plan.setting import Effect, Setting, Source
 
 
 #: The phases a tuner knows: measured on the training step itself, end to end
@@ -207,14 +191,12 @@ def _asked_how(plugin: str, key: str, profile: str | None) -> str:
     return f"--set {plugin}.{key}=... / overrides={{{plugin!r}: {{{key!r}: ...}}}}{named}"
 
 
-def guard_plan(plan: "Plan", knobs: Knobs, *, profile_chosen: bool) -> "Plan":
+def guard_plan(plan: Plan, knobs: Knobs, *, profile_chosen: bool) -> Plan:
     """Put every setting that needs asking back to ``off`` unless its source
     allows it: the user's override always; a profile only when the user
     chose it by name; a measurement for anything but ``TRAINING``. Every
     setting is stamped with its knob's effect, so the plan says which ones
     change training."""
-    from autotune.plan.plan import Setting, Source
-
     settings = {p: dict(keys) for p, keys in plan.settings.items()}
     for plugin, keys in settings.items():
         for key, setting in keys.items():
@@ -249,8 +231,6 @@ def check_overrides(overrides: Mapping[str, Mapping[str, Any]], knobs: Knobs,
     ``overrides_by`` names where overrides come from in the message:
     ``"overrides"`` (``overrides={'compile': {'mode': 'x'}}: ...``) or
     ``"--set"`` (``--set compile.mode='x': ...``)."""
-    from autotune.errors import PlanError
-
     for plugin, values in overrides.items():
         for key, value in values.items():
             problem = check_override(plugin, key, value, knobs)

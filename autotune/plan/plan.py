@@ -18,7 +18,6 @@ methods return a new plan.
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping
@@ -26,42 +25,10 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from autotune.errors import PlanError
-from autotune.plan.knobs import Effect
+# Re-exported: the plan's vocabulary is imported from here by most callers.
+from autotune.plan.setting import Effect, Setting, Source, default, from_profile
 
-
-class Source(str, enum.Enum):
-    DEFAULT = "default"
-    PROFILE = "profile"
-    MEASURED = "measured"
-    #: A share of the machine given by ``autotune daemon`` to this job.
-    DAEMON = "daemon"
-    OVERRIDE = "override"
-
-    @property
-    def rank(self) -> int:
-        return list(Source).index(self)
-
-
-@dataclass(frozen=True)
-class Setting:
-    value: Any
-    source: Source = Source.DEFAULT
-    reason: str = ""
-    #: What changing it changes; stamped from the plugin's knobs.
-    effect: Effect = Effect.SPEED
-
-    @property
-    def measured(self) -> bool:
-        return self.source is Source.MEASURED
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "source": self.source.value, "reason": self.reason,
-                "effect": self.effect.value}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Setting":
-        return cls(value=data["value"], source=Source(data.get("source", "default")),
-                   reason=data.get("reason", ""), effect=Effect(data.get("effect", "speed")))
+__all__ = ["Effect", "Plan", "Setting", "Source", "default", "from_profile"]
 
 
 def _kind(value: Any) -> str:
@@ -86,14 +53,6 @@ def _check_kind(plugin: str, key: str, proposed: Any, value: Any) -> None:
         return
     raise PlanError(f"override {plugin}.{key}={value!r} is {_kind(value)}, but {plugin} "
                     f"proposes {_kind(proposed)} there (now {proposed!r})")
-
-
-def default(value: Any, reason: str) -> Setting:
-    return Setting(value, Source.DEFAULT, reason)
-
-
-def from_profile(value: Any, reason: str) -> Setting:
-    return Setting(value, Source.PROFILE, reason)
 
 
 @dataclass(frozen=True)
@@ -156,6 +115,15 @@ class Plan:
         disabled = (dict(self.disabled) if force
                     else {p: r for p, r in self.disabled.items() if p != plugin})
         return replace(self, settings=settings, disabled=disabled)
+
+    def without(self, reasons: Mapping[str, str]) -> "Plan":
+        """A new plan without the plugins in ``reasons``, each listed under
+        :attr:`disabled` with its reason (a plugin that failed, or that was
+        left out of one engine)."""
+        if not reasons:
+            return self
+        settings = {p: k for p, k in self.settings.items() if p not in reasons}
+        return replace(self, settings=settings, disabled={**self.disabled, **reasons})
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Plan":
         """Apply user overrides. An unknown plugin or key is an error that

@@ -6,7 +6,8 @@ and the one place that sets torch's thread pools.
   Callers that divide the machine (``cross_validate``'s parallel folds,
   ranks of a DDP job on one node, jobs of a daemon) ask the plugins how
   their settings change under a share (``autotune_resource_share``) and
-  write the answers into the plan with :func:`share_plan`.
+  write the answers into the plan with
+  :func:`autotune.plugin.manager.share_plan`.
 * :class:`FoldPlan` -- how cross-validation folds run at once, what a
   plugin's ``autotune_fold_schedule`` returns.
 * :func:`set_threads` -- torch's intra-/inter-op pools and the OMP/MKL
@@ -20,13 +21,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
-if TYPE_CHECKING:  # pragma: no cover
-    from autotune.plugin.context import Context
-    from autotune.plugin.manager import PluginManager
-    from autotune.plan.plan import Plan, Setting, Source
-    from autotune.plan.report import Kind, Report
+from autotune.plan.report import Kind
+from autotune.plan.setting import Setting
 
 #: Where cross-validation folds can run: in this process one after another,
 #: loky worker processes, threads of this process, a Dask cluster.
@@ -97,7 +95,7 @@ class FoldPlan:
     per_fold_memory_bytes: int = 0
     #: The answering plugin's own settings as the folds run with them
     #: (``{key: Setting}``), written into the fold plan under its name.
-    settings: "Mapping[str, Setting]" = field(default_factory=dict)
+    settings: Mapping[str, Setting] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend not in FOLD_BACKENDS:
@@ -115,34 +113,11 @@ class FoldPlan:
         return self.devices[fold % len(self.devices)] if self.devices else default
 
 
-def share_plan(plan: "Plan", share: Share, *, context: "Context", manager: "PluginManager",
-               report: "Report | None" = None, kind: "Kind | str | None" = None,
-               source: "Source | None" = None) -> "Plan":
-    """``plan`` with what each of its plugins says changes under ``share``
-    (``autotune_resource_share``). With ``report``, each plugin whose
-    settings changed gets one event of ``kind`` (default: applied) listing
-    ``key old -> new``. ``source`` (e.g. ``daemon``) replaces the source the
-    plugins gave, so the plan says who divided the machine."""
-    from autotune.plan.report import Kind
-
-    answers = manager.resource_share(plan, context, share)
-    for plugin, settings in answers.items():
-        before = plan.values(plugin)
-        for key, setting in settings.items():
-            plan = plan.with_values(plugin, {key: setting.value}, source or setting.source,
-                                    setting.reason, force=True)
-        changed = [f"{key} {before.get(key)!r} -> {setting.value!r}"
-                   for key, setting in settings.items() if before.get(key) != setting.value]
-        if report is not None and changed:
-            report.add(plugin, kind or Kind.APPLIED, f"{', '.join(changed)}: {share.reason}")
-    return plan
-
-
 # -- threads ---------------------------------------------------------------------------
 
 
 def set_threads(intra_op: int | None, inter_op: int | None = None, set_env: bool = False,
-                note: "Callable[[Kind, str], None]" = lambda kind, message: None
+                note: Callable[[Kind, str], None] = lambda kind, message: None
                 ) -> Callable[[], None]:
     """Set torch's thread pools (and, with ``set_env``, the OMP/MKL variables
     child processes read); returns the undo. ``note(kind, message)`` hears
@@ -151,9 +126,7 @@ def set_threads(intra_op: int | None, inter_op: int | None = None, set_env: bool
     The inter-op pool can be sized only once per process and only before
     parallel work has started; otherwise it stays as it is, with a warning.
     """
-    import torch
-
-    from autotune.plan.report import Kind
+    import torch  # here, not above: planning and the command line need no torch
 
     undo: list[Callable[[], None]] = []
     if intra_op is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from autotune.machine.hardware import Hardware
+from autotune.workload.loaders import dataset_length
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -37,25 +38,23 @@ class Workload:
     def inspect(cls, model: "torch.nn.Module | None" = None,
                 loader: "DataLoader | None" = None,
                 optimizer: Any = None) -> "Workload":
-        import torch
+        import torch  # here, not above: planning and the command line need no torch
 
         has_conv2d = False
         num_parameters = 0
         if model is not None:
             has_conv2d = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
             num_parameters = sum(p.numel() for p in model.parameters())
-        batch_size = dataset_length = None
+        batch_size = length = None
         workers = 0
         if loader is not None:
-            from autotune.workload.loaders import dataset_length as length_of
-
             # Any iterable of batches may come here (a list, a generator, a
             # class without .dataset): only a DataLoader has these facts.
             batch_size = getattr(loader, "batch_size", None)
             workers = int(getattr(loader, "num_workers", 0) or 0)
-            dataset_length = length_of(loader)
+            length = dataset_length(loader)
         return cls(has_conv2d=has_conv2d, num_parameters=num_parameters,
-                   batch_size=batch_size, dataset_length=dataset_length,
+                   batch_size=batch_size, dataset_length=length,
                    loader_num_workers=workers,
                    optimizer=type(optimizer).__name__ if optimizer is not None else None,
                    model=model, loader=loader)

@@ -6,9 +6,11 @@ See docs/monitor.md.
 """
 
 from autotune.telemetry.diagnosis import Diagnosis, diagnose, findings
+from autotune.telemetry.errors import TelemetryError
+from autotune.telemetry.jsonl import read_timeline
 from autotune.telemetry.sampler import GPUSample, Sample, Sampler
-from autotune.telemetry.timeline import (Skipped, StepRecord, StepTotals, Summary, TelemetryError,
-                                         Timeline, read_timeline, summarize)
+from autotune.telemetry.timeline import (Skipped, StepRecord, StepTotals, Summary, Timeline,
+                                         summarize)
 from autotune.telemetry.training import TrainingMonitor
 
 __all__ = [

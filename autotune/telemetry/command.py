@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
 from autotune.telemetry.diagnosis import Diagnosis, diagnose, findings
+from autotune.telemetry.errors import TelemetryError
+from autotune.telemetry.jsonl import open_append, sample_record, write_line
 from autotune.telemetry.plot import plot_timeline
 from autotune.telemetry.sampler import Sampler
-from autotune.telemetry.timeline import (TelemetryError, Timeline, open_append, sample_record,
-                                         write_line)
+from autotune.telemetry.timeline import Timeline
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,12 @@ from typing import Any, Callable
 
 import psutil
 
+from autotune.coordinator.protocol import socket_path
+from autotune.coordinator.server import Coordinator
+from autotune.machine.detect import detect
+from autotune.telemetry.errors import TelemetryError
+from autotune.telemetry.jsonl import FILE_MODE, encode_line, open_append, sample_record
 from autotune.telemetry.sampler import Sampler
-from autotune.telemetry.timeline import (FILE_MODE, TelemetryError, encode_line, open_append,
-                                         sample_record)
 
 log = logging.getLogger("autotune.telemetry")
 
@@ -202,8 +205,6 @@ def run_daemon(options: DaemonOptions,
 def usable_cpus(cores: int | None = None) -> list[int]:
     """The cpu ids to share: this process's affinity, cut to its CPU quota
     (cgroups) or to ``cores``."""
-    from autotune.machine.detect import detect
-
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else list(range(os.cpu_count() or 1))
     budget = detect().cpu.worker_budget
@@ -211,10 +212,7 @@ def usable_cpus(cores: int | None = None) -> list[int]:
 
 
 def start_coordinator(options: DaemonOptions,
-                      record: Callable[[dict[str, Any]], None]) -> Any:
-    from autotune.coordinator.protocol import socket_path
-    from autotune.coordinator.server import Coordinator
-
+                      record: Callable[[dict[str, Any]], None]) -> Coordinator:
     coordinator = Coordinator(options.socket or socket_path(), usable_cpus(options.cores),
                               record=record)
     coordinator.start()

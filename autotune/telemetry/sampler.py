@@ -26,6 +26,9 @@ from typing import Any, Callable, Mapping
 
 import psutil
 
+from autotune.machine.detect import detect
+from autotune.telemetry.errors import TelemetryError
+
 log = logging.getLogger("autotune.telemetry")
 
 #: Samples kept in memory by default: a day at 10 s, ~3 hours at 1 Hz (~1 KB each).
@@ -95,9 +98,7 @@ class Sample:
 
 
 def usable_cores() -> float:
-    from autotune.machine.detect import detect  # cached; import here keeps this module light
-
-    return detect().cpu.usable_cores
+    return detect().cpu.usable_cores  # cached after the first call
 
 
 def read_runnable(path: str = "/proc/loadavg") -> tuple[int | None, float | None]:
@@ -265,8 +266,6 @@ class Sampler:
                  include_children: bool = True, capacity: int = DEFAULT_CAPACITY,
                  sink: Callable[[Sample], None] | None = None, gpus: bool = True) -> None:
         if interval_s <= 0:
-            from autotune.telemetry.timeline import TelemetryError
-
             raise TelemetryError(f"interval must be > 0 seconds, got {interval_s}")
         self.interval_s = float(interval_s)
         self.pid = os.getpid() if pid is None else pid

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from autotune.telemetry.diagnosis import Diagnosis, diagnose, findings
+from autotune.telemetry.jsonl import open_append, sample_record, step_record, write_line
+from autotune.telemetry.plot import plot_timeline
 from autotune.telemetry.sampler import DEFAULT_CAPACITY, Sample, Sampler
-from autotune.telemetry.timeline import (StepRecord, StepTotals, Timeline, open_append,
-                                         sample_record, step_record, write_line)
+from autotune.telemetry.timeline import StepRecord, StepTotals, Timeline
 
 #: Step records kept in memory; totals cover every step regardless.
 DEFAULT_STEP_CAPACITY = 100_000
@@ -92,8 +93,6 @@ class TrainingMonitor:
             os.close(self._fd)
             self._fd = None
         if self.plot_path is not None and (self._steps or self.sampler.samples()):
-            from autotune.telemetry.plot import plot_timeline
-
             plot_timeline(self.timeline(), self.plot_path, title="autotune training monitor")
 
     # -- results -----------------------------------------------------------------------

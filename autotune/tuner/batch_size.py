@@ -27,11 +27,15 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils.data import DataLoader
 
+from autotune.applying import resolve_device
+from autotune.engine.engine import Engine
 from autotune.errors import AutotuneError
-from autotune.workload.loaders import rebuild_loader
 from autotune.plan.plan import Plan, Setting, Source
+from autotune.plugin.manager import PluginManager
+from autotune.tuner.budget import Budget, BudgetStop, run_bounded
 from autotune.tuner.state import Snapshot
 from autotune.tuner.trial import classify_failure, is_oom
+from autotune.workload.loaders import rebuild_loader
 
 log = logging.getLogger("autotune.tuner")
 
@@ -116,17 +120,10 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     probes (default: the effective batch). With a ``budget``
     (:class:`~autotune.tuner.budget.Budget`) each probe runs bounded by it;
     one the budget stops ends the search with what fitted so far."""
-    from autotune.tuner.budget import BudgetStop, run_bounded
-    from autotune.applying import resolve_device
-    from autotune.engine.engine import Engine
-
     if not 0 < safety_margin <= 1:
         raise AutotuneError(f"safety_margin must be in (0, 1], got {safety_margin}")
     plan = plan if plan is not None else Plan()
-    if manager is None:
-        from autotune.plugin.manager import PluginManager
-
-        manager = PluginManager()
+    manager = manager if manager is not None else PluginManager()
     start = int(loader.batch_size or 0)
     if start < 1:
         raise AutotuneError("batch-size search needs a loader with batch_size >= 1")
@@ -134,107 +131,136 @@ def find_batch_size(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     cap = min(max_batch or effective, effective)
     target = resolve_device(device)
     snapshot = Snapshot.capture(model, optimizer, loader)
-    probes: list[tuple[int, str]] = []
-
-    def probe(size: int) -> None:
-        probe_loader = with_batch_size(loader, size, num_workers=0)
-        # One optimizer step per micro-batch, so the optimizer's state is
-        # allocated within the probe's few steps.
-        probe_plan = with_settings(plan, manager.batch_size_found(plan, context, size, size),
-                                   force=True)
-        engine = Engine(model, optimizer, loss_fn, probe_plan, manager=manager,
-                        context=context, device=target, progress=False, trial=True)
-        try:
-            engine.fit(probe_loader, epochs=steps, max_steps=steps)
-        finally:
-            engine.close()
-
-    def fits(size: int) -> bool:
-        snapshot.restore()
-        try:
-            if budget is not None and budget.limited:
-                if budget.expired():
-                    raise BudgetStop
-                run_bounded(lambda: probe(size), budget, name="autotune-batch-size")
-            else:
-                probe(size)
-            probes.append((size, "fits"))
-            return True
-        except Exception as exc:  # noqa: BLE001 - only OOM means "too big"
-            if not is_oom(exc):
-                raise
-            probes.append((size, classify_failure(exc)))
-            if target.type == "cuda":
-                torch.cuda.empty_cache()
-            return False
-        finally:
-            snapshot.restore()
-
-    stopped = ""
+    prober = _Prober(model, loader, optimizer, loss_fn, plan, manager=manager, context=context,
+                     device=target, steps=steps, snapshot=snapshot, budget=budget)
+    bounds = _Bounds(size=min(start, cap))
+    stopped = note = ""
+    eval_fits = None
     try:
-        fit, oom = 0, None
-        size = min(start, cap)
         try:
-            while size >= 1 and not fits(size):  # shrink until one fits
-                oom, size = size, size // 2
-            if size < 1:
-                raise AutotuneError("even a batch of 1 runs out of memory: the model does not "
-                                    f"fit on {target}")
-            fit = size
-            while oom is None and fit < cap:  # grow by doubling up to the cap
-                nxt = min(fit * 2, cap)
-                if fits(nxt):
-                    fit = nxt
-                else:
-                    oom = nxt
-            while oom is not None and oom - fit > max(1, fit // 16):  # bisect the gap
-                mid = (fit + oom) // 2
-                if fits(mid):
-                    fit = mid
-                else:
-                    oom = mid
+            _narrow(bounds, prober.fits, cap, target)
         except BudgetStop:
             stopped = "the budget ran out during the batch-size search"
-            probes.append((size, "stopped: budget"))
-            if not fit:  # nothing measured to fit: keep the user's batch
-                fit = min(start, cap)
+            prober.probes.append((bounds.size, "stopped: budget"))
+            if not bounds.fit:  # nothing measured to fit: keep the user's batch
+                bounds.fit = min(start, cap)
+        fit, oom = bounds.fit, bounds.oom
         limit = fit if oom is None else max(1, int(fit * safety_margin))
         micro = _divisor_at_most(effective, limit)
-        note = ""
-        eval_fits = None
         if val_loader is not None:
-            eval_fits, note = _probe_eval(model, optimizer, loss_fn, plan, manager, context,
-                                          target, val_loader, micro, snapshot)
+            eval_fits, note = prober.evaluation_fits(val_loader, micro)
     finally:
         snapshot.restore()
     if stopped:
         note = f"{stopped}; {note}" if note else stopped
-    result = BatchSizeResult(micro, effective // micro, effective, fit, oom, tuple(probes),
+    result = BatchSizeResult(micro, effective // micro, effective, fit, oom, tuple(prober.probes),
                              eval_fits, note)
     log.info("batch size: micro-batch %d x %d accumulation steps = %d (largest fitting %d)",
              result.micro_batch, result.accumulation_steps, effective, fit)
     return result
 
 
-def _probe_eval(model: Any, optimizer: Any, loss_fn: Any, plan: Plan, manager: Any, context: Any,
-                device: torch.device, val_loader: DataLoader, size: int,
-                snapshot: Snapshot) -> tuple[bool, str]:
-    from autotune.engine.engine import Engine
+@dataclass
+class _Bounds:
+    """Where the search stands: the size being shrunk from, the largest size
+    that fitted (0: none yet) and the smallest that ran out of memory."""
 
-    snapshot.restore()
-    engine = Engine(model, optimizer, loss_fn, plan, manager=manager, context=context,
-                    device=device, progress=False, trial=True)
-    try:
-        first = next(iter(with_batch_size(val_loader, size, num_workers=0)))
-        engine.evaluate([first])
-        return True, ""
-    except Exception as exc:  # noqa: BLE001
-        if not is_oom(exc):
-            raise
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return False, (f"evaluation at batch {size} ran out of memory; evaluate with a smaller "
-                       "batch (the training batch is unchanged)")
-    finally:
-        engine.close()
-        snapshot.restore()
+    size: int
+    fit: int = 0
+    oom: int | None = None
+
+
+def _narrow(bounds: _Bounds, fits: Callable[[int], bool], cap: int, device: torch.device) -> None:
+    """Shrink until a size fits, grow by doubling up to ``cap``, then bisect
+    the gap to the smallest size that did not fit. ``bounds`` holds what was
+    learnt so far when a probe raises (``BudgetStop``)."""
+    while bounds.size >= 1 and not fits(bounds.size):  # shrink until one fits
+        bounds.oom, bounds.size = bounds.size, bounds.size // 2
+    if bounds.size < 1:
+        raise AutotuneError("even a batch of 1 runs out of memory: the model does not "
+                            f"fit on {device}")
+    bounds.fit = bounds.size
+    while bounds.oom is None and bounds.fit < cap:  # grow by doubling up to the cap
+        nxt = min(bounds.fit * 2, cap)
+        if fits(nxt):
+            bounds.fit = nxt
+        else:
+            bounds.oom = nxt
+    while bounds.oom is not None and bounds.oom - bounds.fit > max(1, bounds.fit // 16):
+        mid = (bounds.fit + bounds.oom) // 2  # bisect the gap
+        if fits(mid):
+            bounds.fit = mid
+        else:
+            bounds.oom = mid
+
+
+class _Prober:
+    """Probes sizes with real training steps on the user's objects, their
+    state restored around every probe, and records what each showed."""
+
+    def __init__(self, model: torch.nn.Module, loader: DataLoader, optimizer: Any, loss_fn: Any,
+                 plan: Plan, *, manager: Any, context: Any, device: torch.device, steps: int,
+                 snapshot: Snapshot, budget: Budget | None) -> None:
+        self.model, self.loader, self.optimizer, self.loss_fn = model, loader, optimizer, loss_fn
+        self.plan, self.manager, self.context, self.device = plan, manager, context, device
+        self.steps, self.snapshot, self.budget = steps, snapshot, budget
+        #: ``(size, "fits" | "out of memory (...)")`` for every probe, in order.
+        self.probes: list[tuple[int, str]] = []
+
+    def _train(self, size: int) -> None:
+        probe_loader = with_batch_size(self.loader, size, num_workers=0)
+        # One optimizer step per micro-batch, so the optimizer's state is
+        # allocated within the probe's few steps.
+        probe_plan = with_settings(self.plan, self.manager.batch_size_found(
+            self.plan, self.context, size, size), force=True)
+        # live=(): no live adapter, so nothing changes while a probe runs.
+        engine = Engine(self.model, self.optimizer, self.loss_fn, probe_plan, manager=self.manager,
+                        context=self.context, device=self.device, progress=False, live=())
+        try:
+            engine.fit(probe_loader, epochs=self.steps, max_steps=self.steps)
+        finally:
+            engine.close()
+
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` trains without running out of memory (any other
+        failure propagates; so does ``BudgetStop``)."""
+        budget = self.budget
+        self.snapshot.restore()
+        try:
+            if budget is not None and budget.limited:
+                if budget.expired():
+                    raise BudgetStop
+                run_bounded(lambda: self._train(size), budget, name="autotune-batch-size")
+            else:
+                self._train(size)
+            self.probes.append((size, "fits"))
+            return True
+        except Exception as exc:  # noqa: BLE001 - only OOM means "too big"
+            if not is_oom(exc):
+                raise
+            self.probes.append((size, classify_failure(exc)))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return False
+        finally:
+            self.snapshot.restore()
+
+    def evaluation_fits(self, val_loader: DataLoader, size: int) -> tuple[bool, str]:
+        """Whether evaluation fits at ``size``, and the note when it does not."""
+        self.snapshot.restore()
+        engine = Engine(self.model, self.optimizer, self.loss_fn, self.plan, manager=self.manager,
+                        context=self.context, device=self.device, progress=False, live=())
+        try:
+            first = next(iter(with_batch_size(val_loader, size, num_workers=0)))
+            engine.evaluate([first])
+            return True, ""
+        except Exception as exc:  # noqa: BLE001
+            if not is_oom(exc):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return False, (f"evaluation at batch {size} ran out of memory; evaluate with a "
+                           "smaller batch (the training batch is unchanged)")
+        finally:
+            engine.close()
+            self.snapshot.restore()

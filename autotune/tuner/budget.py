@@ -27,11 +27,14 @@ either case, and the caller restores the snapshot afterwards.
 from __future__ import annotations
 
 import ctypes
+import importlib._bootstrap as bootstrap
 import logging
 import math
 import threading
 import time
 from typing import Any, Callable, TypeVar
+
+from autotune.errors import AutotuneError
 
 log = logging.getLogger("autotune.tuner")
 
@@ -59,8 +62,6 @@ class Budget:
         if seconds is not None and (not isinstance(seconds, (int, float))
                                     or isinstance(seconds, bool)
                                     or not math.isfinite(seconds) or seconds <= 0):
-            from autotune.errors import AutotuneError
-
             raise AutotuneError(f"budget_s must be a number of seconds > 0 (or None for no "
                                 f"limit), got {seconds!r}")
         self.seconds = None if seconds is None else float(seconds)
@@ -96,8 +97,6 @@ def _importing() -> bool:
     """True while some thread is importing a module. An exception raised into
     an import leaves a half-initialised module behind (torch imports much of
     its compiler lazily, during the first compile), so a stop waits for it."""
-    import importlib._bootstrap as bootstrap
-
     locks = getattr(bootstrap, "_module_locks", None)
     return bool(locks)
 

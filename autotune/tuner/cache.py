@@ -34,6 +34,8 @@ from typing import Any, Mapping
 
 import torch
 
+from autotune.workload.batches import unwrap_model
+
 log = logging.getLogger("autotune.tuner")
 
 CACHE_ENV = "AUTOTUNE_CACHE_DIR"
@@ -65,8 +67,6 @@ def _tensor_signature(obj: Any) -> Any:
 
 
 def model_signature(model: torch.nn.Module) -> dict[str, Any]:
-    from autotune.workload.batches import unwrap_model
-
     module = unwrap_model(model)
     return {
         "class": f"{type(module).__module__}.{type(module).__qualname__}",

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from autotune.plan.knobs import LOADER, STEP, Knob, Knobs
+from autotune.plan.knobs import LOADER, STEP, Knobs
 from autotune.plan.plan import Plan, Source
 
 #: The prior for a third-party plugin that offers candidates.

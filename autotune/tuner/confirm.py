@@ -36,65 +36,13 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
 
 from autotune.tuner.candidates import Config
-from autotune.tuner.trial import Status
-
-if TYPE_CHECKING:  # pragma: no cover
-    from autotune.tuner.report import Trial
-    from autotune.tuner.runner import TrialRunner
+from autotune.tuner.records import Confirmation, Status, Trial
+from autotune.tuner.runner import TrialRunner
 
 log = logging.getLogger("autotune.tuner")
-
-
-@dataclass(frozen=True)
-class Confirmation:
-    """What confirming a winner against the baseline showed."""
-
-    #: samples/s of the baseline (A) and the winner (B), in the order measured.
-    baseline_rates: tuple[float, ...] = ()
-    winner_rates: tuple[float, ...] = ()
-    ratios: tuple[float, ...] = ()
-    gain: float | None = None
-    noise: float | None = None
-    shipped: bool = False
-    #: False when nothing could be decided (the budget ran out first).
-    decided: bool = True
-    verdict: str = ""
-    trial_indices: tuple[int, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"baseline_rates": list(self.baseline_rates),
-                "winner_rates": list(self.winner_rates), "ratios": list(self.ratios),
-                "gain": self.gain, "noise": self.noise, "shipped": self.shipped,
-                "decided": self.decided, "verdict": self.verdict,
-                "trials": list(self.trial_indices)}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "Confirmation":
-        if not isinstance(data, dict):
-            raise ValueError("confirmation is not a mapping")
-
-        def floats(name: str) -> tuple[float, ...]:
-            values = data.get(name, [])
-            if not isinstance(values, list) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                raise ValueError(f"confirmation: {name} is not a list of numbers")
-            return tuple(float(v) for v in values)
-
-        gain, noise = data.get("gain"), data.get("noise")
-        for name, value in (("gain", gain), ("noise", noise)):
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise ValueError(f"confirmation: {name} is not a number")
-        if not isinstance(data.get("shipped", False), bool) or not isinstance(
-                data.get("decided", True), bool):
-            raise ValueError("confirmation: shipped/decided are not true/false")
-        return cls(floats("baseline_rates"), floats("winner_rates"), floats("ratios"), gain,
-                   noise, data.get("shipped", False), data.get("decided", True),
-                   str(data.get("verdict", "")),
-                   tuple(int(i) for i in floats("trials")))
 
 
 def ratios_of(sequence: list[tuple[str, float]]) -> list[float]:
@@ -135,8 +83,8 @@ def decide(sequence: list[tuple[str, float]], spreads: list[float],
                                           "measured back to back; PyTorch defaults ship")
 
 
-def confirm(runner: "TrialRunner", winner: Config, *, pairs: int, min_gain: float,
-            last: "Trial | None" = None) -> Confirmation:
+def confirm(runner: TrialRunner, winner: Config, *, pairs: int, min_gain: float,
+            last: Trial | None = None) -> Confirmation:
     """Measure A B (A B ...) with short trials and decide. When the budget
     cannot fit a fresh pair but the winner's own trial (``last``) was the
     last one measured, measure one A after it instead: B A (A/B/A with the
@@ -193,6 +141,4 @@ def _split(sequence: list[tuple[str, float]]) -> tuple[tuple[float, ...], tuple[
 
 
 def _with(result: Confirmation, indices: list[int]) -> Confirmation:
-    from dataclasses import replace
-
     return replace(result, trial_indices=tuple(indices))

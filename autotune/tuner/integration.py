@@ -14,9 +14,14 @@ import torch
 from autotune.errors import AutotuneError, TrainingError
 from autotune.plan.plan import Plan
 from autotune.plan.report import Kind, Report
+from autotune.tuner.batch_size import BatchSizeResult, find_batch_size, kept_by_user, with_settings
 from autotune.tuner.budget import Budget
+from autotune.tuner.options import SearchOptions
 from autotune.tuner.report import TuningReport
-from autotune.tuner.search import SearchOptions
+from autotune.tuner.tuning import DEFAULT_BUDGET_S
+from autotune.tuner.tuning import tune as run_tuning
+from autotune.workload.contract import StepContract
+from autotune.workload.loaders import one_shot
 
 log = logging.getLogger("autotune.tuner")
 
@@ -40,9 +45,6 @@ def wants_tuning(tune: Any, loader: Any, optimizer: Any, loss_fn: Any,
     was given: a loader, the optimizer and the loss function -- and the
     loader can be iterated more than once (a generator cannot: tuning is
     then skipped with a warning, or refused with ``tune=True``)."""
-    from autotune.workload.contract import StepContract
-    from autotune.workload.loaders import one_shot
-
     # A step contract with neither loss_fn nor step_fn means "the model's
     # own loss": measured when asked for (tune=True), never by default.
     given = loss_fn.given if isinstance(loss_fn, StepContract) else loss_fn is not None
@@ -73,9 +75,6 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
             batch_size: bool = False, budget: Budget | None = None) -> Measured:
     """Find the batch size (when asked), then tune, within one budget:
     ``budget`` (started by ``apply``) or a new one of ``budget_s``."""
-    from autotune.tuner.tuning import DEFAULT_BUDGET_S
-    from autotune.tuner.tuning import tune as run_tuning
-
     events = Report()
     if not wants_tuning(tune, loader, optimizer, loss_fn, events):
         if batch_size:
@@ -86,32 +85,46 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
     if budget is None:
         budget = Budget(DEFAULT_BUDGET_S if budget_s is None else budget_s)
     found = None
-    manager, context = planned.manager, planned.context
-    kept = None
     if batch_size:
-        from autotune.tuner.batch_size import kept_by_user
-
-        kept = kept_by_user(plan, manager, context, int(getattr(loader, "batch_size", 0) or 1))
-    if kept:
-        events.add(NAME, Kind.WARNING, f"batch-size search skipped: {kept}, so another "
-                   "micro-batch would change the effective batch")
-    elif batch_size:
-        from autotune.tuner.batch_size import find_batch_size, with_settings
-
-        found = find_batch_size(model, loader, optimizer, loss_fn, plan, context=context,
-                                manager=manager, device=device, budget=budget)
-        if found.micro_batch != loader.batch_size:
-            loader = found.loader(loader)
-        plan = with_settings(plan, manager.batch_size_found(
-            plan, context, found.micro_batch, found.effective_batch, found.largest_fitting))
-        events.add(NAME, Kind.APPLIED, f"batch size: micro-batch {found.micro_batch} x "
-                   f"{manager.micro_batches(plan)} accumulation steps = effective batch "
-                   f"{found.effective_batch}")
+        plan, loader, found = _with_batch_size(model, loader, optimizer, loss_fn, plan, planned,
+                                               device=device, budget=budget, events=events)
     result = run_tuning(model, loader, optimizer, loss_fn, plan, context=planned.context,
                         manager=planned.manager, device=device, budget=budget,
                         remeasure=remeasure,
                         options=tune if isinstance(tune, SearchOptions) else None)
-    report = result.report
+    _report_events(result.report, events, raise_untrainable=bool(tune))
+    return Measured(result.plan, loader, events, result.report, found)
+
+
+def _with_batch_size(model: torch.nn.Module, loader: Any, optimizer: Any, loss_fn: Any,
+                     plan: Plan, planned: Any, *, device: torch.device, budget: Budget,
+                     events: Report) -> tuple[Plan, Any, BatchSizeResult | None]:
+    """The batch-size search of ``apply(batch_size=True)``: the plan with the
+    settings that keep the effective batch, the loader rebuilt with the
+    micro-batch found, and what was found (None when the user's settings
+    pin the micro-batch: then it is skipped with a warning)."""
+    manager, context = planned.manager, planned.context
+    kept = kept_by_user(plan, manager, context, int(getattr(loader, "batch_size", 0) or 1))
+    if kept:
+        events.add(NAME, Kind.WARNING, f"batch-size search skipped: {kept}, so another "
+                   "micro-batch would change the effective batch")
+        return plan, loader, None
+    found = find_batch_size(model, loader, optimizer, loss_fn, plan, context=context,
+                            manager=manager, device=device, budget=budget)
+    if found.micro_batch != loader.batch_size:
+        loader = found.loader(loader)
+    plan = with_settings(plan, manager.batch_size_found(
+        plan, context, found.micro_batch, found.effective_batch, found.largest_fitting))
+    events.add(NAME, Kind.APPLIED, f"batch size: micro-batch {found.micro_batch} x "
+               f"{manager.micro_batches(plan)} accumulation steps = effective batch "
+               f"{found.effective_batch}")
+    return plan, loader, found
+
+
+def _report_events(report: TuningReport, events: Report, *, raise_untrainable: bool) -> None:
+    """What the search did, as events of the apply report. A baseline that
+    could not train at all is an error with ``tune=True`` (else a warning):
+    said now, not at fit."""
     confirmation = report.confirmation
     first = report.trials[0] if report.trials else None
     if first is not None and not report.from_cache and first.status.value == "disqualified":
@@ -122,10 +135,10 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
                    f"{first.reason}")
         hint = ("HINT: check the batch contract -- (inputs, targets) with loss_fn, a dict "
                 "batch for model(**batch), or step_fn(model, batch) (docs/engine.md)")
-        if tune:
+        if raise_untrainable:
             raise TrainingError(f"{message}; {hint}")
         events.add(NAME, Kind.WARNING, f"{message}; nothing measured is applied; {hint}")
-        return Measured(result.plan, loader, events, report, found)
+        return
     if report.from_cache:
         events.add(NAME, Kind.APPLIED, f"measured settings from the tuning cache "
                    f"({report.cache_path}); no trials ran")
@@ -148,4 +161,3 @@ def measure(model: torch.nn.Module, loader: Any, plan: Plan, planned: Any, *,
                    "search finished; cached as partial: the next call continues it")
     if report.cache_error:
         events.add(NAME, Kind.WARNING, f"{report.cache_error}: the result is used, not cached")
-    return Measured(result.plan, loader, events, report, found)

@@ -1,4 +1,5 @@
-"""The tuning report: every trial, the winner, and when the search pays off.
+"""The tuning report: every trial (:class:`~autotune.tuner.records.Trial`),
+the winner, and when the search pays off.
 
 Printed as a table for people (:meth:`TuningReport.table`) and available as
 JSON (:meth:`TuningReport.to_dict`), also in the cache, so a cached result
@@ -8,78 +9,17 @@ shows the measurements it came from.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import textwrap
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from autotune.tuner.confirm import Confirmation
-from autotune.tuner.trial import Measurement, Status
+from autotune.display.tables import wrapped_table
+from autotune.tuner.records import Confirmation, Status, Trial
 
 #: Bumped when a key is removed or changes meaning.
 REPORT_VERSION = 1
 #: The trial table fits a terminal this wide.
 TABLE_WIDTH = 120
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One configuration and what measuring it showed."""
-
-    index: int
-    #: Why it was tried: "baseline", "planned", a plugin's name, "recheck".
-    role: str
-    #: The settings that differ from the baseline (``{}`` for the baseline).
-    changes: Mapping[str, Mapping[str, Any]]
-    label: str
-    status: Status
-    reason: str = ""
-    samples_per_s: float | None = None
-    step_ms: float | None = None
-    spread: float | None = None
-    chunk_rates: tuple[float, ...] = ()
-    warmup_s: float | None = None
-    first_step_s: float | None = None
-    wall_s: float = 0.0
-    #: Samples/s relative to the baseline's.
-    speedup: float | None = None
-    #: What the search decided: "baseline", "adopted", "kept ...", "pruned ...".
-    verdict: str = ""
-
-    @classmethod
-    def from_measurement(cls, index: int, role: str, changes: Mapping[str, Mapping[str, Any]],
-                         label: str, m: Measurement) -> "Trial":
-        return cls(index, role, {p: dict(v) for p, v in changes.items()}, label, m.status,
-                   m.reason, m.samples_per_s, m.step_ms, m.spread, m.chunk_rates, m.warmup_s,
-                   m.first_step_s, m.wall_s)
-
-    @property
-    def ok(self) -> bool:
-        return self.status is Status.OK
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status.value
-        data["chunk_rates"] = list(self.chunk_rates)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Trial":
-        """Read back :meth:`to_dict`; ``ValueError`` for anything else."""
-        if not isinstance(data, Mapping):
-            raise ValueError("a trial is not a mapping")
-        values = dict(data)
-        try:
-            values["status"] = Status(values["status"])
-            values["chunk_rates"] = tuple(float(r) for r in values.get("chunk_rates", ()))
-            trial = cls(**values)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed trial: {exc}") from None
-        numbers = (trial.samples_per_s, trial.step_ms, trial.spread, trial.warmup_s,
-                   trial.first_step_s, trial.speedup)
-        if not isinstance(trial.index, int) or not all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                for v in numbers) or not isinstance(trial.changes, Mapping):
-            raise ValueError("malformed trial: a field has the wrong type")
-        return trial
 
 
 @dataclass(frozen=True)
@@ -167,8 +107,6 @@ class TuningReport:
     def table(self, width: int = TABLE_WIDTH) -> str:
         """The trials as an aligned table at most ``width`` columns wide
         (settings and verdicts wrap), then the winner and break-even."""
-        from autotune.display.tables import wrapped_table
-
         rows = []
         for t in self.trials:
             mark = "*" if t.index == self.winner_index else ""
@@ -184,8 +122,6 @@ class TuningReport:
         return text + "\n" + self.summary(width)
 
     def summary(self, width: int = TABLE_WIDTH) -> str:
-        import textwrap
-
         winner = self.winner
         lines = []
         if self.from_cache:

@@ -32,9 +32,11 @@ from autotune.plan.plan import Plan
 from autotune.display.progress import bar, progress_enabled
 from autotune.tuner.budget import Budget, BudgetStop, run_bounded
 from autotune.tuner.candidates import Config
-from autotune.tuner.report import Trial
+from autotune.tuner.options import TrialOptions
+from autotune.tuner.records import Measurement, Status, Trial
 from autotune.tuner.state import Snapshot
-from autotune.tuner.trial import Measurement, Status, TrialOptions, TrialProgress, run_trial
+from autotune.tuner.timing import TrialProgress
+from autotune.tuner.trial import run_trial
 
 log = logging.getLogger("autotune.tuner")
 

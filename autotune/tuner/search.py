@@ -10,9 +10,9 @@ Strategy (coordinate descent over plugin groups, ordered by priors):
    for candidates *given the incumbent* (``autotune_candidates``);
    candidates the hardware cannot run well are pruned; every remaining one
    is measured on top of the incumbent; the fastest is adopted only if it
-   beats the incumbent beyond noise (see :func:`beats`); a borderline win
-   (within twice the margin) first re-measures the incumbent (``recheck``)
-   when the budget allows.
+   beats the incumbent beyond noise; a borderline win (within twice the
+   margin) first re-measures the incumbent (``recheck``) when the budget
+   allows. The rules are :mod:`autotune.tuner.adoption`'s.
 4. **Loader groups** are measured end to end with the chosen step
    settings, then the groups whose knobs ask for it
    (``Knob.revisit_after_loader``, for example compute threads, which share
@@ -31,117 +31,28 @@ back while searching; no trial starts whose estimated cost does not fit
 what is left; a trial that overruns is stopped (see
 :mod:`autotune.tuner.budget`); once the budget is spent the search stops
 and every candidate left is recorded, once, as skipped. A search cut short
-(budget, Ctrl-C) is **not final**: its :class:`SearchState` -- the
-incumbent, the steps finished, the losers -- is cached, and the next call
-continues from there.
+(budget, Ctrl-C) is **not final**: its
+:class:`~autotune.tuner.records.SearchState` -- the incumbent, the steps
+finished, the losers -- is cached, and the next call continues from there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
+from autotune.tuner.adoption import (adopted_verdict, beats, borderline, clear_loser, kept_verdict,
+                                     loser_key)
 from autotune.tuner.candidates import LOADER, Config, Group, order_groups, restrict
-from autotune.tuner.confirm import Confirmation, confirm
-from autotune.tuner.report import Trial
+from autotune.tuner.confirm import confirm
+from autotune.tuner.options import SearchOptions
+from autotune.tuner.records import Confirmation, SearchState, Status, Trial
 from autotune.tuner.runner import TrialRunner
-from autotune.tuner.trial import Status, TrialOptions
 
 log = logging.getLogger("autotune.tuner")
 
 #: Coordinate descent stops after this many passes over the groups.
 MAX_PASSES = 3
-#: A value measured this much slower than the incumbent (or twice the noise
-#: margin, if more) is not retried in later passes.
-LOSER_MARGIN = 0.10
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    #: A candidate must beat the incumbent's median by more than this
-    #: fraction, and by more than either trial's own spread.
-    min_gain: float = 0.02
-    #: Re-measure the incumbent before adopting a candidate whose win is
-    #: borderline (within twice the noise margin).
-    recheck: bool = True
-    #: Search only these plugins' candidates (None: every plugin with a prior).
-    only: tuple[str, ...] | None = None
-    trial: TrialOptions = field(default_factory=TrialOptions)
-    #: Interleaved baseline/winner pairs measured before a winner ships
-    #: (fewer when the budget is short, never none).
-    confirm_pairs: int = 2
-
-    def __post_init__(self) -> None:
-        from autotune.errors import AutotuneError
-
-        if not isinstance(self.min_gain, (int, float)) or not 0 <= self.min_gain < 1:
-            raise AutotuneError(f"SearchOptions.min_gain must be a fraction in [0, 1), "
-                                f"got {self.min_gain!r}")
-        if not isinstance(self.confirm_pairs, int) or self.confirm_pairs < 1:
-            raise AutotuneError(f"SearchOptions.confirm_pairs must be a whole number >= 1, "
-                                f"got {self.confirm_pairs!r}")
-        if self.only is not None and (isinstance(self.only, str)
-                                      or not all(isinstance(p, str) for p in self.only)):
-            raise AutotuneError(f"SearchOptions.only must be a tuple of plugin names, "
-                                f"got {self.only!r}")
-
-
-def margin(candidate: Trial, incumbent: Trial, min_gain: float) -> float:
-    return max(min_gain, candidate.spread or 0.0, incumbent.spread or 0.0)
-
-
-def beats(candidate: Trial, incumbent: Trial, min_gain: float) -> bool:
-    """True when ``candidate``'s median samples/s exceeds the incumbent's by
-    more than max(min_gain, either trial's chunk spread)."""
-    if not candidate.ok or not incumbent.ok:
-        return candidate.ok and not incumbent.ok
-    assert candidate.samples_per_s is not None and incumbent.samples_per_s is not None
-    return candidate.samples_per_s > incumbent.samples_per_s * (1 + margin(candidate, incumbent,
-                                                                           min_gain))
-
-
-@dataclass(frozen=True)
-class SearchState:
-    """What a search cut short leaves for the next call to continue from."""
-
-    incumbent: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    #: Steps finished ("planned", "<plugin>@<pass>", "<plugin>-after-loader@<pass>").
-    done: tuple[str, ...] = ()
-    #: (plugin, values) measured clearly slower than the incumbent, or failed.
-    losers: tuple[tuple[str, str], ...] = ()
-    #: Trials measured by the earlier calls, for the report.
-    earlier_trials: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"incumbent": {p: dict(v) for p, v in self.incumbent.items()},
-                "done": list(self.done), "losers": [list(pair) for pair in self.losers],
-                "earlier_trials": self.earlier_trials}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "SearchState":
-        """Read back :meth:`to_dict`; raises ``ValueError`` on anything else
-        (a cache entry of the wrong shape is measured again, never trusted)."""
-        if not isinstance(data, Mapping):
-            raise ValueError("search state is not a mapping")
-        incumbent = data.get("incumbent", {})
-        if not isinstance(incumbent, Mapping) or not all(
-                isinstance(p, str) and isinstance(v, Mapping) and all(isinstance(k, str) for k in v)
-                for p, v in incumbent.items()):
-            raise ValueError("search state: incumbent is not {plugin: {key: value}}")
-        done, losers = data.get("done", []), data.get("losers", [])
-        if not isinstance(done, list) or not all(isinstance(d, str) for d in done):
-            raise ValueError("search state: done is not a list of step names")
-        if not isinstance(losers, list) or not all(
-                isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
-                for pair in losers):
-            raise ValueError("search state: losers is not a list of [plugin, values] pairs")
-        earlier = data.get("earlier_trials", 0)
-        if not isinstance(earlier, int) or isinstance(earlier, bool) or earlier < 0:
-            raise ValueError("search state: earlier_trials is not a count")
-        return cls({p: dict(v) for p, v in incumbent.items()}, tuple(done),
-                   tuple((a, b) for a, b in losers), earlier)
 
 
 class Search:
@@ -352,7 +263,7 @@ class Search:
             config = self.incumbent_config.merged(group.plugin, values)
             if config.key() == self.incumbent_config.key() or config.key() in seen:
                 continue
-            if self._pass > 1 and self._loser_key(group.plugin, config) in self._losers:
+            if self._pass > 1 and loser_key(group.plugin, config) in self._losers:
                 continue
             seen.add(config.key())
             yield config
@@ -381,14 +292,8 @@ class Search:
         self._decide(measured, role)
         self._pending = []
         for config, trial in measured:
-            clearly = max(LOSER_MARGIN, 2 * margin(trial, incumbent, self.options.min_gain))
-            if not trial.ok or (trial.samples_per_s is not None and incumbent.samples_per_s
-                                and trial.samples_per_s < incumbent.samples_per_s * (1 - clearly)):
-                self._losers.add(self._loser_key(group.plugin, config))
-
-    @staticmethod
-    def _loser_key(plugin: str, config: Config) -> tuple[str, str]:
-        return plugin, json.dumps(config.values.get(plugin, {}), sort_keys=True, default=str)
+            if clear_loser(trial, incumbent, self.options.min_gain):
+                self._losers.add(loser_key(group.plugin, config))
 
     def settle_interrupted(self) -> None:
         """After Ctrl-C: adopt the best of the current group's finished
@@ -416,13 +321,9 @@ class Search:
                 self.runner.set_verdict(other, f"beat #{self.incumbent.index}, but #{best.index} "
                                         "was faster")
         reference, needed = self.incumbent, gain
-        # Re-measure the incumbent only when the win is borderline (within
-        # twice the noise margin): a clear win needs no second look here --
-        # the confirmation against the baseline guards what ships -- and the
-        # time is better spent on candidates and that confirmation.
-        won_by = best.samples_per_s / self.incumbent.samples_per_s - 1
-        borderline = won_by < 2 * margin(best, self.incumbent, gain)
-        wants_recheck = recheck and self.options.recheck and borderline
+        # Re-measure the incumbent only when the win is borderline: the time
+        # is better spent on candidates and the confirmation.
+        wants_recheck = recheck and self.options.recheck and borderline(best, self.incumbent, gain)
         if wants_recheck and self.runner.affordable(self.incumbent_config,
                                                     reserve=self.confirm_reserve(config)):
             again = self.runner.measure(self.incumbent_config, "recheck", force=True,
@@ -438,23 +339,16 @@ class Search:
         elif wants_recheck:
             needed = 2 * gain  # no time left to re-measure: ask for a wider margin instead
         if beats(best, reference, needed):
-            self.runner.set_verdict(best, f"adopted: beat #{reference.index} by "
-                                    f"{best.samples_per_s / reference.samples_per_s - 1:+.1%}")
+            self.runner.set_verdict(best, adopted_verdict(best, reference))
             self.incumbent, self.incumbent_config = best, config
             self._adoptions += 1
         else:
             self._kept(best, reference)
 
     def _kept(self, trial: Trial, incumbent: Trial) -> None:
-        if trial.samples_per_s is None or incumbent.samples_per_s is None:
-            return
-        if trial.index in self._reused:
-            return
-        change = trial.samples_per_s / incumbent.samples_per_s - 1
-        noise = margin(trial, incumbent, self.options.min_gain)
-        self.runner.set_verdict(trial, f"kept #{incumbent.index}: {change:+.1%} is within "
-                                f"the {noise:.1%} noise margin" if change > 0 else
-                                f"kept #{incumbent.index}: {change:+.1%}")
+        verdict = kept_verdict(trial, incumbent, self.options.min_gain)
+        if verdict is not None and trial.index not in self._reused:
+            self.runner.set_verdict(trial, verdict)
 
     def groups(self) -> list[Group]:
         b = self.bench
@@ -474,6 +368,3 @@ def search_groups(plan: Any, context: Any, device_type: str, knobs: Any,
     log.info("search order: %s", ", ".join(f"{g.plugin} ({g.prior:g}: {g.why})" for g in groups))
     return groups
 
-
-def step_then_loader(groups: list[Group]) -> list[Group]:
-    return [g for g in groups if g.phase != LOADER] + [g for g in groups if g.phase == LOADER]

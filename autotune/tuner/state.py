@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from autotune.plan.resources import THREAD_ENV_VARIABLES as THREAD_VARIABLES
+from autotune.workload.batches import unwrap_model
 
 log = logging.getLogger("autotune.tuner")
 
@@ -220,8 +221,6 @@ class Snapshot:
     @classmethod
     def capture(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                 loader: Any = None) -> "Snapshot":
-        from autotune.workload.batches import unwrap_model
-
         module = unwrap_model(model)
         seen: set[int] = set()
         tensors = []

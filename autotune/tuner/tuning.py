@@ -25,19 +25,23 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from autotune.workload.contract import StepContract
+from autotune.applying import resolve_device
 from autotune.errors import AutotuneError
-from autotune.workload.loaders import one_shot, peek_batch
 from autotune.plan.plan import Plan, _kind
 from autotune.tuner.budget import Budget
 from autotune.tuner.cache import (TuningCache, batch_signature, loader_signature, make_key,
                                   model_signature, optimizer_signature)
-from autotune.tuner.candidates import (Config, baseline_config, planned_config, searched_keys,
-                                       searched_plugins)
+from autotune.tuner.candidates import (Config, Group, baseline_config, planned_config,
+                                       searched_keys, searched_plugins)
+from autotune.tuner.options import SearchOptions
+from autotune.tuner.records import SearchState
 from autotune.tuner.report import TuningReport
 from autotune.tuner.runner import TrialRunner, Workbench
-from autotune.tuner.search import Search, SearchOptions, SearchState, search_groups
+from autotune.tuner.search import Search, search_groups
 from autotune.tuner.state import Snapshot
+from autotune.workload.batches import model_device
+from autotune.workload.contract import StepContract
+from autotune.workload.loaders import one_shot, peek_batch
 
 log = logging.getLogger("autotune.tuner")
 
@@ -152,9 +156,6 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     :param cache: read and write the tuning cache.
     :param options: search and trial options (noise margin, chunks...).
     """
-    from autotune.applying import resolve_device
-    from autotune.workload.batches import model_device
-
     _check(model, loader, optimizer, loss_fn)
     budget = budget if budget is not None else Budget(budget_s)
     options = options or SearchOptions()
@@ -168,24 +169,8 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     searched = searched_plugins(knobs, groups)
     baseline = baseline_config(plan, knobs, searched)
     snapshot = Snapshot.capture(model, optimizer, loader)
-    try:
-        try:
-            batch = peek_batch(loader)
-        except StopIteration:
-            raise AutotuneError("tune: the loader yields no batches; measured tuning needs at "
-                                "least one") from None
-        parts = {
-            "hardware": plan.hardware_fingerprint or context.hardware.fingerprint,
-            "torch": torch.__version__, "device": str(target),
-            "model": model_signature(model), "batch": batch_signature(batch),
-            "loader": loader_signature(loader), "optimizer": optimizer_signature(optimizer),
-            "loss": StepContract.of(loss_fn).describe(),
-            "plan": {p: plan.values(p) for p in plan.plugins()},
-            "search": {"min_gain": options.min_gain, "only": options.only},
-        }
-        del batch
-    finally:
-        snapshot.restore()
+    parts = _cache_parts(model, loader, optimizer, loss_fn, plan, context, target, options,
+                         snapshot)
     key = make_key(parts)
     store = TuningCache()
     resume: SearchState | None = None
@@ -205,7 +190,51 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     runner = TrialRunner(bench, snapshot, baseline, budget=budget, options=options.trial,
                          progress=progress)
     search = Search(runner, options, resume=resume)
-    interrupted = False
+    interrupted = _run_search(search, runner, snapshot, plan, searched, baseline, knobs, groups)
+    state = search.state()
+    if interrupted:
+        _withhold_unconfirmed(search, runner, baseline)
+    report = _report(search, runner, budget, interrupted=interrupted, key=key, target=target,
+                     resume=resume)
+    winner = search.incumbent_config if search.incumbent is not None else None
+    out = winner.to_plan(plan, _winner_reason(report)) if winner is not None else plan
+    baseline_ok = search.baseline_trial is not None and search.baseline_trial.ok
+    if cache and baseline_ok:
+        report = _store(store, key, parts, report, state)
+    return TuningResult(out, report, winner, baseline)
+
+
+def _cache_parts(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
+                 loss_fn: Any, plan: Plan, context: Any, target: torch.device,
+                 options: SearchOptions, snapshot: Snapshot) -> dict[str, Any]:
+    """What the cache key is made of: the machine, torch, the model, a batch,
+    the loader, optimizer and loss, the plan and the search options. Peeking
+    at a batch may advance RNG state: the snapshot is restored after."""
+    try:
+        try:
+            batch = peek_batch(loader)
+        except StopIteration:
+            raise AutotuneError("tune: the loader yields no batches; measured tuning needs at "
+                                "least one") from None
+        parts = {
+            "hardware": plan.hardware_fingerprint or context.hardware.fingerprint,
+            "torch": torch.__version__, "device": str(target),
+            "model": model_signature(model), "batch": batch_signature(batch),
+            "loader": loader_signature(loader), "optimizer": optimizer_signature(optimizer),
+            "loss": StepContract.of(loss_fn).describe(),
+            "plan": {p: plan.values(p) for p in plan.plugins()},
+            "search": {"min_gain": options.min_gain, "only": options.only},
+        }
+        del batch
+    finally:
+        snapshot.restore()
+    return parts
+
+
+def _run_search(search: Search, runner: TrialRunner, snapshot: Snapshot, plan: Plan,
+                searched: list[str], baseline: Config, knobs: Any, groups: list[Group]) -> bool:
+    """The search's steps in order (see :mod:`autotune.tuner.search`);
+    True when Ctrl-C cut it short. Restores the user's state after."""
     try:
         if search.run_baseline().ok:
             search.resume_incumbent()
@@ -219,27 +248,33 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
             log.warning("the baseline (PyTorch defaults) failed: %s; nothing else is measured",
                         runner.trials[0].reason)
     except KeyboardInterrupt:
-        interrupted = True
         log.warning("tuning interrupted: keeping the best configuration measured so far")
         search.settle_interrupted()
+        return True
     finally:
         snapshot.restore()
         runner.close()
-    state = search.state()
-    unconfirmed = None
-    if interrupted and search.incumbent is not None and \
-            search.incumbent_config.key() != baseline.key() and search.confirmation is None:
-        # Ctrl-C before the confirmation: nothing unconfirmed ships. The
-        # cached state keeps the candidate, and the next call confirms it.
-        unconfirmed = search.incumbent
-        log.warning("interrupted before #%d (%s) was confirmed against PyTorch defaults: "
-                    "defaults ship", unconfirmed.index, unconfirmed.label)
-        runner.set_verdict(unconfirmed, "fastest when Ctrl-C came, not confirmed: not shipped")
-        search.incumbent, search.incumbent_config = search.baseline_trial, baseline
+    return False
+
+
+def _withhold_unconfirmed(search: Search, runner: TrialRunner, baseline: Config) -> None:
+    """Ctrl-C before the confirmation: nothing unconfirmed ships. The cached
+    state keeps the candidate, and the next call confirms it."""
+    if search.incumbent is None or search.incumbent_config.key() == baseline.key() \
+            or search.confirmation is not None:
+        return
+    unconfirmed = search.incumbent
+    log.warning("interrupted before #%d (%s) was confirmed against PyTorch defaults: "
+                "defaults ship", unconfirmed.index, unconfirmed.label)
+    runner.set_verdict(unconfirmed, "fastest when Ctrl-C came, not confirmed: not shipped")
+    search.incumbent, search.incumbent_config = search.baseline_trial, baseline
+
+
+def _report(search: Search, runner: TrialRunner, budget: Budget, *, interrupted: bool, key: str,
+            target: torch.device, resume: SearchState | None) -> TuningReport:
     winner_trial = search.incumbent
     winner = search.incumbent_config if winner_trial is not None else None
-    complete = search.complete and not interrupted
-    report = TuningReport(
+    return TuningReport(
         trials=tuple(runner.trials),
         winner_settings=winner.to_dict() if winner is not None else {},
         winner_index=winner_trial.index if winner_trial is not None else None,
@@ -248,21 +283,23 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
         budget_exhausted=(runner.budget_exhausted or search.out_of_budget
                           or search.budget_skipped),
         interrupted=interrupted, cache_key=key, pruned=tuple(search.pruned), device=str(target),
-        complete=complete, resumed=resume is not None,
+        complete=search.complete and not interrupted, resumed=resume is not None,
         earlier_trials=resume.earlier_trials if resume else 0,
         confirmation=search.confirmation)
-    out = winner.to_plan(plan, _winner_reason(report)) if winner is not None else plan
-    baseline_ok = search.baseline_trial is not None and search.baseline_trial.ok
-    if cache and baseline_ok:
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        entry = {"created": created, "parts": parts, "complete": complete,
-                 "winner_settings": report.winner_settings, "report": report.to_dict(),
-                 "state": state.to_dict()}
-        try:
-            path = store.store(key, entry)
-            report = replace(report, cache_path=str(path))
-        except OSError as exc:
-            why = f"the tuning cache at {store.root} cannot be written ({exc.strerror or exc})"
-            log.warning("%s; the result is used but not cached", why)
-            report = replace(report, cache_error=why)
-    return TuningResult(out, report, winner, baseline)
+
+
+def _store(store: TuningCache, key: str, parts: Mapping[str, Any], report: TuningReport,
+           state: SearchState) -> TuningReport:
+    """Cache the result (complete or partial); the report says where, or
+    why it could not be written (the result is used all the same)."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entry = {"created": created, "parts": parts, "complete": report.complete,
+             "winner_settings": report.winner_settings, "report": report.to_dict(),
+             "state": state.to_dict()}
+    try:
+        path = store.store(key, entry)
+        return replace(report, cache_path=str(path))
+    except OSError as exc:
+        why = f"the tuning cache at {store.root} cannot be written ({exc.strerror or exc})"
+        log.warning("%s; the result is used but not cached", why)
+        return replace(report, cache_error=why)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from autotune.sdk import (
-    LOADER, Context, Kind, Knob, ProfileError, Setting, default, from_profile, hookimpl,
+    LOADER, Context, Kind, Knob, PluginOptions, Setting, default, from_profile, hookimpl, option,
     parse_options)
 
 NAME = "collate"
@@ -30,13 +30,14 @@ CHOICES = ("default", "stack")
 
 
 @dataclass(frozen=True)
-class Options:
-    collate: str = "default"
+class Options(PluginOptions):
+    collate: str = option("default", "default: the loader's collate_fn as given; stack: one "
+                          "torch.stack per field", choices=CHOICES)
 
-    def __post_init__(self) -> None:
-        if self.collate not in CHOICES:
-            raise ProfileError(f"collate.collate={self.collate!r} is not one of "
-                               f"{', '.join(CHOICES)}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(profile_options: Mapping[str, Any] | None = None) -> dict[str, Setting]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from autotune.sdk import (
-    STEP, Context, Effect, Kind, Knob, ProfileError, Setting, default, from_profile, hookimpl,
-    parse_options)
+    STEP, Context, Effect, Kind, Knob, PluginOptions, Setting, default, from_profile, hookimpl,
+    option, parse_options)
 
 NAME = "sdpa"
 #: The plan's values; ``None``: torch picks the kernel per call.
@@ -36,13 +36,14 @@ CUDA_ONLY = ("efficient", "cudnn")
 
 
 @dataclass(frozen=True)
-class Options:
-    backend: str | None = None
+class Options(PluginOptions):
+    backend: str | None = option(None, "the only kernel scaled_dot_product_attention may run; "
+                                 "null: torch picks per call", choices=BACKENDS)
 
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ProfileError(f"sdpa.backend={self.backend!r} is not one of "
-                               f"{', '.join('null' if b is None else b for b in BACKENDS)}")
+
+@hookimpl
+def autotune_options() -> type:
+    return Options
 
 
 def propose(hardware: Any, profile_options: Mapping[str, Any] | None = None) -> dict[str, Setting]:
