@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from autotune.plan.knobs import LOADER, STEP, Knobs
 from autotune.plan.plan import Plan, Source
@@ -173,3 +173,32 @@ def order_groups(plugins: Iterable[str], priors: Mapping[str, tuple[float, str]]
                           for k in (knobs or {}).get(plugin, {}).values())
             groups.append(Group(plugin, phase, gain, why, revisit))
     return sorted(groups, key=lambda g: (g.phase == LOADER, -g.prior))
+
+
+def offered(manager: Any, context: Any, base: Plan, knobs: Knobs, device_type: str,
+            plugin: str, incumbent: Config, *, pruned: list[str],
+            skip: Callable[[Config], bool] = lambda config: False) -> list[Config]:
+    """What ``plugin`` offers to try on top of ``incumbent`` (its
+    ``autotune_candidates`` given the incumbent's plan), each as a whole
+    configuration: restricted to the keys the tuner may change, pruned where
+    the plugin says the hardware cannot run it well (the reason is appended
+    to ``pruned``), without the incumbent itself, repeats, or what ``skip``
+    rules out. The up-front search and online tuning ask the same way."""
+    plan = incumbent.to_plan(base, "incumbent")
+    current = incumbent.values.get(plugin, {})
+    out: list[Config] = []
+    seen: set[str] = set()
+    for alternative in manager.candidates(context, plan).get(plugin, []):
+        values = restrict(base, plugin, alternative, knobs)
+        if not values:
+            continue
+        why = manager.prune_reason(context, plugin, {**current, **values}, device_type)
+        if why:
+            pruned.append(f"{plugin} {values}: {why}")
+            continue
+        config = incumbent.merged(plugin, values)
+        if config.key() == incumbent.key() or config.key() in seen or skip(config):
+            continue
+        seen.add(config.key())
+        out.append(config)
+    return out

@@ -39,11 +39,11 @@ finished, the losers -- is cached, and the next call continues from there.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 from autotune.tuner.adoption import (adopted_verdict, beats, borderline, clear_loser, kept_verdict,
                                      loser_key)
-from autotune.tuner.candidates import LOADER, Config, Group, order_groups, restrict
+from autotune.tuner.candidates import LOADER, Config, Group, offered, order_groups
 from autotune.tuner.confirm import confirm
 from autotune.tuner.options import SearchOptions
 from autotune.tuner.records import Confirmation, SearchState, Status, Trial
@@ -245,28 +245,12 @@ class Search:
         return {g.plugin: dict(self.incumbent_config.values.get(g.plugin, {}))
                 for g in groups if g.phase == LOADER}
 
-    def _candidates(self, group: Group) -> Iterator[Config]:
+    def _candidates(self, group: Group) -> list[Config]:
         b = self.bench
-        plan = self.incumbent_config.to_plan(b.plan, "incumbent")
-        offered = b.manager.candidates(b.context, plan).get(group.plugin, [])
-        current = self.incumbent_config.values.get(group.plugin, {})
-        seen: set[str] = set()
-        for alternative in offered:
-            values = restrict(b.plan, group.plugin, alternative, b.knobs)
-            if not values:
-                continue
-            why = b.manager.prune_reason(b.context, group.plugin, {**current, **values},
-                                         b.device.type)
-            if why:
-                self.pruned.append(f"{group.plugin} {values}: {why}")
-                continue
-            config = self.incumbent_config.merged(group.plugin, values)
-            if config.key() == self.incumbent_config.key() or config.key() in seen:
-                continue
-            if self._pass > 1 and loser_key(group.plugin, config) in self._losers:
-                continue
-            seen.add(config.key())
-            yield config
+        return offered(b.manager, b.context, b.plan, b.knobs, b.device.type, group.plugin,
+                       self.incumbent_config, pruned=self.pruned,
+                       skip=lambda config: self._pass > 1
+                       and loser_key(group.plugin, config) in self._losers)
 
     def _search_group(self, group: Group, role: str) -> None:
         if self.incumbent is None:
