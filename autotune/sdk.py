@@ -39,7 +39,8 @@ from autotune.workload.loaders import (is_dataloader, loader_settings, rebuild_l
 _LAZY = {
     "has_conv2d": "autotune.workload.batches", "is_compiled": "autotune.workload.batches",
     "move_to": "autotune.workload.batches", "unwrap_model": "autotune.workload.batches",
-    "LiveAdapter": "autotune.live.adapter",
+    "find_ddp": "autotune.workload.batches", "LiveAdapter": "autotune.live.adapter",
+    "SwitchableLoader": "autotune.workload.switching",
 }
 
 __all__ = sorted([
@@ -55,7 +56,8 @@ __all__ = sorted([
 
 if TYPE_CHECKING:
     from autotune.live.adapter import LiveAdapter
-    from autotune.workload.batches import has_conv2d, is_compiled, move_to, unwrap_model
+    from autotune.workload.batches import find_ddp, has_conv2d, is_compiled, move_to, unwrap_model
+    from autotune.workload.switching import SwitchableLoader
 
 
 def __getattr__(name: str) -> object:

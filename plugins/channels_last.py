@@ -95,6 +95,26 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
 
 
 @hookimpl
+def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
+    """On or off during a run (online tuning): the weights change layout in
+    place (the same parameter objects, so the optimizer keeps them), and
+    the inputs follow from the next step."""
+    import torch
+    from autotune.sdk import has_conv2d
+
+    if set(values) != {"enabled"} or not has_conv2d(engine.module):
+        return False
+    state = engine.plugin_state(NAME)
+    if values["enabled"]:
+        engine.module.to(memory_format=torch.channels_last)
+        state["inputs"] = torch.channels_last
+    else:
+        engine.module.to(memory_format=torch.contiguous_format)
+        state.pop("inputs", None)
+    return True
+
+
+@hookimpl
 def autotune_prepare_inputs(engine: Any, inputs: Any) -> Any:
     """4-D floating-point inputs in channels_last, the weights' format."""
     memory_format = engine.plugin_state(NAME).get("inputs")

@@ -132,6 +132,40 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
 
 
 @hookimpl
+def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
+    """Compiled or eager during a run (online tuning): the engine trains the
+    compiled wrapper of its module, or the module itself. A wrapper is made
+    once per mode and kept, so switching back compiles nothing (dynamo
+    caches the graphs per code object); a compile error at its first step
+    falls back to eager as at set-up. Not under DDP, whose wrapper is built
+    around the compiled module once."""
+    from autotune.sdk import find_ddp
+
+    if set(values) - {"mode", "fullgraph"} or find_ddp(engine.model) is not None:
+        return False
+    mode = values.get("mode", engine.plan.get(NAME, "mode", "off"))
+    fullgraph = bool(values.get("fullgraph", engine.plan.get(NAME, "fullgraph", False)))
+    if mode not in MODES:
+        return False
+    state = engine.plugin_state(NAME)
+    eager = engine.module
+    if mode == "off":
+        engine.model = eager
+        state.pop("eager", None)
+        return True
+    wrappers = state.setdefault("wrappers", {})
+    if (mode, fullgraph) not in wrappers:
+        try:
+            wrappers[mode, fullgraph] = compile_model(eager, mode, fullgraph)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unsupported platform
+            engine.note(NAME, Kind.FALLBACK, f"torch.compile raised {type(exc).__name__}: {exc}")
+            return False
+    engine.model = wrappers[mode, fullgraph]
+    state["eager"] = eager
+    return True
+
+
+@hookimpl
 def autotune_step_failed(engine: Any, error: BaseException, phase: str) -> Any:
     """A compiled forward or backward raised: train the eager module
     instead. When the eager step fails too, the error is the user's own and

@@ -290,9 +290,19 @@ def autotune_live_candidate(engine: Any, metrics: Any, share: Share | None) -> d
 
 @hookimpl
 def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
-    """Workers change between epochs: the next epoch's loader is rebuilt
+    """Loader settings change during a run. Under online tuning
+    (``engine.changes_mid_epoch``) from the next batch on, through the
+    switchable loader (same batches, same order); otherwise workers change
+    between epochs: the next epoch's loader is rebuilt
     (``autotune_epoch_loader``) from the one given to ``fit``."""
     state = engine.plugin_state(NAME)
+    if engine.changes_mid_epoch:
+        if set(values) - set(LIVE_KEYS):
+            return False
+        state.setdefault("wanted", {}).update(values)
+        if state.get("switchable") is not None:
+            state["switchable"].switch(values)
+        return True
     if not workers_adjustable(state.get("given")) or set(values) - {
             "num_workers", "persistent_workers", "prefetch_factor"}:
         return False
@@ -304,10 +314,16 @@ def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
     return True
 
 
+#: What can change mid-epoch through the switchable loader.
+LIVE_KEYS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
+
+
 @hookimpl
 def autotune_epoch_loader(engine: Any, loader: Any, epoch: int) -> Any:
     state = engine.plugin_state(NAME)
     state["given"] = loader
+    if engine.changes_mid_epoch and workers_adjustable(loader):
+        return _switchable(engine, state, loader)
     wanted = state.get("live")
     if not wanted or not workers_adjustable(loader):
         return None
@@ -327,6 +343,27 @@ def autotune_epoch_loader(engine: Any, loader: Any, epoch: int) -> Any:
     state["rebuilt"] = (key, new)
     engine.note(NAME, Kind.APPLIED, f"epoch {epoch}: loader rebuilt with num_workers={workers}")
     return new
+
+
+def _switchable(engine: Any, state: dict[str, Any], loader: Any) -> Any:
+    """The loader ``fit`` was given, as one whose settings can change at any
+    batch (one per given loader, its worker pools kept between epochs)."""
+    from autotune.sdk import SwitchableLoader
+
+    made = state.get("switchable")
+    if made is None or made.loader is not loader:
+        if made is not None:
+            made.close()
+        # A batch that fails under settings being tried (a worker died) is
+        # loaded again under the ones that worked, once the live adapter
+        # has taken its change back.
+        made = state["switchable"] = SwitchableLoader(
+            loader, state.get("wanted"), on_error=lambda error: engine.recover_live(
+                error, "loading"))
+        if not state.get("closing_switchable"):
+            state["closing_switchable"] = True
+            engine.on_close(lambda: state["switchable"].close())
+    return made
 
 
 def _retire(rebuilt: Any) -> None:

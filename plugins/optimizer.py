@@ -168,10 +168,36 @@ def autotune_apply_optimizer(optimizer: Any, engine: Any, plan: Any) -> None:
         engine.note(NAME, Kind.FALLBACK, message)
         engine.revise_plan(NAME, {"implementation": "off"}, message)
         return None
-    engine.on_close(use_implementation(optimizer, implementation))
+    _switch(engine, optimizer, implementation)
     engine.note(NAME, Kind.APPLIED, f"{type(optimizer).__name__}({implementation}=True), "
                 "param groups and state kept (undone when the engine closes)")
     return None
+
+
+def _switch(engine: Any, optimizer: Any, implementation: str) -> None:
+    """Back to the optimizer as built, then to ``implementation``; the
+    engine's close goes back to as built."""
+    state = engine.plugin_state(NAME)
+    if "undo" not in state:
+        engine.on_close(lambda: state.pop("undo", lambda: None)())
+        state["undo"] = lambda: None
+    state.pop("undo")()
+    state["undo"] = (use_implementation(optimizer, implementation)
+                     if implementation != "off" else lambda: None)
+
+
+@hookimpl
+def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
+    """Another implementation during a run (online tuning): the flags change
+    in place between two optimizer steps, the state and param groups stay."""
+    if set(values) != {"implementation"}:
+        return False
+    implementation = values["implementation"] or "off"
+    if implementation not in IMPLEMENTATIONS \
+            or why_unsupported(engine.optimizer, implementation) is not None:
+        return False
+    _switch(engine, engine.optimizer, implementation)
+    return True
 
 
 @hookimpl

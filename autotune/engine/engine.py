@@ -71,7 +71,8 @@ class Engine(PluginHost):
                  device: str | torch.device | None = None, scheduler: Any = None,
                  scheduler_interval: str = "step", progress: bool = True,
                  report: Report | None = None,
-                 live: Sequence[LiveMaker] | None = None) -> None:
+                 live: Sequence[LiveMaker] | None = None,
+                 tuners: Sequence[LiveMaker] = ()) -> None:
         if not isinstance(model, torch.nn.Module):
             raise AutotuneError(f"Engine: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -99,13 +100,15 @@ class Engine(PluginHost):
             if model_device(model) != self.device:
                 unwrap_model(model).to(self.device)
         # Counters, over the engine's life.
-        self.micro_steps = 0
-        self.optimizer_steps = 0
+        self.micro_steps = self.optimizer_steps = self.samples_trained = 0
+        #: micro_steps once the running fit ends (None: unknown), for live changes.
+        self.planned_micro_steps: int | None = None
         self._window_count = 0
         self._window_size = 1
         self._last_samples = 0
         super().__init__(plan if plan is not None else Plan(), manager=manager, context=context,
-                         report=report if report is not None else Report(), live=live)
+                         report=report if report is not None else Report(), live=live,
+                         tuners=tuners)
 
     @property
     def window_size(self) -> int:
@@ -170,6 +173,7 @@ class Engine(PluginHost):
         loss = self.guarded(lambda: self._forward_backward(batch, sync), "training")
         self._window_count += 1
         self.micro_steps += 1
+        self.samples_trained += self._last_samples
         if self._window_count >= self._window_size:
             self._step_optimizer()
         return loss
@@ -199,6 +203,7 @@ class Engine(PluginHost):
         self._check_open()
         self._window_count += 1
         self.micro_steps += 1
+        self.samples_trained += self._last_samples
         if self._window_count >= self._window_size:
             self._step_optimizer()
             return True
@@ -260,10 +265,11 @@ class Engine(PluginHost):
 
     def guarded(self, run: Callable[[], Any], phase: str) -> Any:
         """Run ``run`` (a forward, or forward and backward); when it raises,
-        a plugin may change the engine (``autotune_step_failed``) and it
-        runs once more. Loader worker failures and plugin errors are not
+        a plugin may change the engine (``autotune_step_failed``) or a live
+        adapter take back a change it tries (``recover_live``), and it runs
+        once more. Loader worker failures and plugin errors are not
         recoverable here. ``phase``: ``"training"`` or ``"evaluation"``."""
-        if not self.hooks["autotune_step_failed"]:
+        if not self.hooks["autotune_step_failed"] and not self.live_adapters:
             return run()
         try:
             return run()
@@ -272,18 +278,20 @@ class Engine(PluginHost):
                 raise
             found = self.hooks.first("autotune_step_failed", engine=self, error=error,
                                       phase=phase)
-            if found is None:
+            recovery: Recovery | None = found[1] if found is not None else None
+            if recovery is None and not self.recover_live(error, phase):
                 raise
-            recovery: Recovery = found[1]
             if phase == "training" and self._window_count == 0:
                 self.optimizer.zero_grad(set_to_none=True)
             try:
                 result = run()
             except Exception:
-                recovery.undo()
+                if recovery is not None:
+                    recovery.undo()
                 raise
-            first_line = (str(error).strip().splitlines() or [""])[0][:300]
-            recovery.done(f"{type(error).__name__} during {phase}: {first_line}")
+            if recovery is not None:
+                first_line = (str(error).strip().splitlines() or [""])[0][:300]
+                recovery.done(f"{type(error).__name__} during {phase}: {first_line}")
             return result
 
     def _step_optimizer(self) -> None:

@@ -64,11 +64,32 @@ class EpochMetrics:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class History:
-    """The epochs of one engine, in order; grows with each :meth:`Engine.fit`."""
+@dataclass(frozen=True)
+class Mark:
+    """From micro-step ``step`` on (counted over the engine's life, in epoch
+    ``epoch``), training ran under the configuration ``label`` (online
+    tuning marks each chunk it runs)."""
 
-    def __init__(self, epochs: list[EpochMetrics] | None = None) -> None:
+    step: int
+    epoch: int
+    label: str
+
+
+class History:
+    """The epochs of one engine, in order; grows with each :meth:`Engine.fit`.
+    :attr:`marks` says which configuration ran from which step on, when
+    something changed settings during the run."""
+
+    def __init__(self, epochs: list[EpochMetrics] | None = None,
+                 marks: list[Mark] | None = None) -> None:
         self.epochs: list[EpochMetrics] = list(epochs or [])
+        self.marks: list[Mark] = list(marks or [])
+
+    def mark(self, step: int, label: str) -> None:
+        """Training runs under ``label`` from micro-step ``step`` on."""
+        if self.marks and self.marks[-1].label == label:
+            return
+        self.marks.append(Mark(step, len(self.epochs) + 1, label))
 
     def append(self, metrics: EpochMetrics) -> None:
         self.epochs.append(metrics)
@@ -101,7 +122,8 @@ class History:
 
     # -- JSON ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": [asdict(e) for e in self.epochs]}
+        return {"epochs": [asdict(e) for e in self.epochs],
+                "marks": [asdict(m) for m in self.marks]}
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
@@ -113,7 +135,8 @@ class History:
     def from_json(cls, path: str | os.PathLike[str]) -> "History":
         try:
             data = json.loads(Path(path).read_text())
-            return cls([EpochMetrics.from_dict(e) for e in data["epochs"]])
+            return cls([EpochMetrics.from_dict(e) for e in data["epochs"]],
+                       [Mark(**m) for m in data.get("marks", [])])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise AutotuneError(f"{path}: not a training history written by "
                                 f"History.to_json ({type(exc).__name__}: {exc})") from exc

@@ -41,7 +41,7 @@ class PluginHost:
     optimizer: torch.optim.Optimizer
 
     def __init__(self, plan: Plan, *, manager: Any, context: Any, report: Report,
-                 live: Sequence[LiveMaker] | None) -> None:
+                 live: Sequence[LiveMaker] | None, tuners: Sequence[LiveMaker] = ()) -> None:
         self.plan = plan
         self.context = context
         self.report = report
@@ -54,12 +54,13 @@ class PluginHost:
             manager = PluginManager()
         self.manager = manager
         try:
-            self._set_up(manager, live)
+            self._set_up(manager, live, tuners)
         except BaseException:
             self.close()
             raise
 
-    def _set_up(self, manager: Any, live: Sequence[LiveMaker] | None) -> None:
+    def _set_up(self, manager: Any, live: Sequence[LiveMaker] | None,
+                tuners: Sequence[LiveMaker]) -> None:
         """The plugins change the optimizer (the engine installs the one
         they chose), set up their part of the step, and (unless ``live``
         says otherwise) make the live adapters. One that fails in the first
@@ -75,6 +76,7 @@ class PluginHost:
                     self._hooks.each("autotune_live_adapter", engine=self, plan=self.plan)]
         else:
             made = [make(self) for make in live]
+        made += [make(self) for make in tuners]
         self._live = tuple(adapter for adapter in made if adapter is not None)
 
     def plugin_state(self, plugin: str) -> dict[str, Any]:
@@ -116,6 +118,26 @@ class PluginHost:
         epoch (``autotune_live_candidate``), in call order."""
         return [(plugin, dict(values)) for plugin, values in self._hooks.each(
             "autotune_live_candidate", engine=self, metrics=metrics, share=share) if values]
+
+    def recover_live(self, error: BaseException, phase: str) -> bool:
+        """A step or a batch failed: True when a live adapter took back the
+        change it was trying (so the step is worth running once more under
+        the settings that worked), False when none had anything to take back."""
+        return any(recover(error, phase) for adapter in self._live
+                   if (recover := getattr(adapter, "recover", None)) is not None)
+
+    @property
+    def changes_mid_epoch(self) -> bool:
+        """True when a live adapter may change settings between any two
+        steps, not only at epoch boundaries (online tuning): a plugin that
+        owns the loader then makes it switchable mid-epoch."""
+        return any(getattr(adapter, "mid_epoch", False) for adapter in self._live)
+
+    def live_status(self) -> str:
+        """What the live adapters are doing now, for the progress bar ("" when nothing)."""
+        return "; ".join(text for adapter in self._live
+                         if (status := getattr(adapter, "status", None)) is not None
+                         and (text := status()))
 
     @property
     def live_adapters(self) -> tuple[LiveHook, ...]:

@@ -39,6 +39,7 @@ class LoopEngine(Protocol):
     scheduler_interval: str
     micro_steps: int
     optimizer_steps: int
+    planned_micro_steps: int | None
     last_loss_parts: dict[str, torch.Tensor]
 
     @property
@@ -58,6 +59,7 @@ class LoopEngine(Protocol):
     def epoch_end(self, epoch: int) -> dict[str, float]: ...
     def epoch_loader(self, loader: Iterable[Any], epoch: int) -> Iterable[Any]: ...
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]: ...
+    def live_status(self) -> str: ...
 
 
 def _length(loader: Iterable[Any]) -> int | None:
@@ -78,6 +80,11 @@ def run_fit(engine: LoopEngine, loader: Iterable[Any], epochs: int,
     """The body of :meth:`Engine.fit`, its arguments checked."""
     first_epoch = len(engine.history) + 1
     steps_left = max_steps
+    length = _length(loader)
+    planned = None if length is None else length * epochs
+    if max_steps is not None:
+        planned = max_steps if planned is None else min(planned, max_steps)
+    engine.planned_micro_steps = None if planned is None else engine.micro_steps + planned
     if engine.pending_micro_batches == 0:
         engine.optimizer.zero_grad(set_to_none=True)
     epoch_bar = bar(epochs, "epochs", enabled=show and epochs > 1, unit="epoch", leave=True)
@@ -100,6 +107,7 @@ def run_fit(engine: LoopEngine, loader: Iterable[Any], epochs: int,
                     break
     finally:
         epoch_bar.close()
+        engine.planned_micro_steps = None
         if monitor is not None:
             monitor.stop()
     return engine.history
@@ -204,7 +212,9 @@ def _train_batches(engine: LoopEngine, iterator: Any, tally: _Tally, title: str,
             batch_bar.update(1)
             if show and step_end - last_postfix > MIN_INTERVAL_S:
                 # .item() waits for the device, so only as often as the bar redraws.
-                batch_bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                status = engine.live_status()
+                postfix = {"loss": f"{loss.item():.4f}", **({"tuning": status} if status else {})}
+                batch_bar.set_postfix(postfix, refresh=False)
                 last_postfix = step_end
 
 

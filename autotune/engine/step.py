@@ -25,7 +25,14 @@ class LiveHook(Protocol):
     after every optimizer step, after ``autotune_after_optimizer_step``.
     Whoever builds the engine decides which it has (``Engine(live=...)``):
     by default each plugin's ``autotune_live_adapter``; a tuner's trial
-    passes none, so what it measures runs as planned."""
+    passes none, so what it measures runs as planned.
+
+    An adapter may also have (the engine looks for them by name):
+    ``mid_epoch = True`` -- it changes settings between any two steps, so
+    the loader is made switchable mid-epoch; ``recover(error, phase) ->
+    bool`` -- a step or batch failed: take back the change being tried and
+    say True, so it runs once more; ``status() -> str`` -- what it is doing,
+    for the progress bar."""
 
     def at_epoch_start(self, epoch: int) -> None: ...
     def at_step(self) -> None: ...
