@@ -30,6 +30,7 @@ _LAZY = {
     "Profile": "autotune.profile", "load_profiles": "autotune.profile",
     "recommend": "autotune.profile",
     "apply": "autotune.api", "Tuned": "autotune.api",
+    "OnlineOptions": "autotune.tuner.options", "SearchOptions": "autotune.tuner.options",
     "Engine": "autotune.engine.engine",
     "History": "autotune.engine.history",
     "cross_validate": "autotune.cv", "CVResult": "autotune.cv",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from autotune.plan.plan import Plan, Setting, Source
     from autotune.planner import make_plan
     from autotune.profile import Profile, load_profiles, recommend
+    from autotune.tuner.options import OnlineOptions, SearchOptions
 
 
 def __getattr__(name: str) -> object:

@@ -34,7 +34,8 @@ from autotune.plugin.context import Workload
 from autotune.plugin.manager import PluginManager
 from autotune.tuner.budget import Budget
 from autotune.tuner.integration import measure
-from autotune.tuner.options import SearchOptions
+from autotune.tuner.online_setup import prepare_online
+from autotune.tuner.options import OnlineOptions, SearchOptions
 from autotune.tuner.tuning import DEFAULT_BUDGET_S
 from autotune.workload.contract import StepContract
 
@@ -51,9 +52,9 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
           loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
           step_fn: Callable[[Any, Any], Any] | None = None,
           batch_size_fn: Callable[[Any], int] | None = None,
-          tune: bool | SearchOptions | None = None,
+          tune: bool | str | SearchOptions | OnlineOptions | None = None,
           budget_s: float | None = None, remeasure: bool = False,
-          batch_size: bool = False) -> Tuned:
+          batch_size: bool = False, allow: Iterable[str] = ()) -> Tuned:
     """Detect the machine, match a profile, plan, and apply the plan to
     ``model`` and ``loader``.
 
@@ -80,6 +81,9 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
         (docs/tuning.md); default: when loader, optimizer and loss_fn (or
         step_fn) are given; ``True`` also measures with the model's own loss. A :class:`~autotune.tuner.SearchOptions` means yes, with
         those options (noise margin, trial length, which plugins).
+        ``"online"`` (or an ``OnlineOptions``): no search before training;
+        ``tuned.engine(...)`` tries speed settings on the run's own steps.
+    :param allow: online, effects beyond speed it may try: ``["precision"]``.
     :param budget_s: seconds ``apply`` may spend measuring (default 120):
         batch-size search, trials and confirmation together end within it
         (plus :data:`autotune.tuner.budget.TOLERANCE_S`); a trial still
@@ -93,21 +97,22 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     # The budget covers all of apply from here: planning, the batch-size
     # search, every trial and the confirmation.
     budget = Budget(DEFAULT_BUDGET_S if budget_s is None else budget_s)
-    if tune is not None and not isinstance(tune, (bool, SearchOptions)):
-        raise AutotuneError(f"apply: tune must be None, True, False or a SearchOptions, "
-                            f"got {tune!r}")
     for name, flag in (("remeasure", remeasure), ("batch_size", batch_size), ("strict", strict)):
         if not isinstance(flag, bool):
             raise AutotuneError(f"apply: {name} must be True or False, got {flag!r}")
+    online = _online_options(tune, allow)
     _check_model(model)
     target = resolve_device(device)
     planned = make_plan(hardware=hardware, profile=profile,
                         workload=Workload.inspect(model, loader, optimizer), disable=disable,
                         overrides=overrides, profile_dirs=profile_dirs, plugins=plugins,
                         strict=strict, manager=manager)
+    contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
+    if online is not None:
+        return _apply_online(model, loader, optimizer, contract, planned, target, online,
+                             remeasure)
     # Measured tuning refines the plan here: trials on the user's model and
     # loader (state restored after), the winner written with source "measured".
-    contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
     measured = measure(model, loader, planned.plan, planned, device=target, optimizer=optimizer,
                        loss_fn=contract, tune=tune, budget_s=budget_s, remeasure=remeasure,
                        batch_size=batch_size, budget=budget)
@@ -115,6 +120,40 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
                        manager=planned.manager, device=target,
                        recommendation=planned.recommendation, report=measured.events)
     return replace(tuned, tuning=measured.report, contract=contract)
+
+
+def _online_options(tune: Any, allow: Iterable[str]) -> OnlineOptions | None:
+    """The options of online tuning when ``tune`` asks for it, else None;
+    an unknown ``tune`` or an ``allow`` without online tuning is an error."""
+    online = tune == "online" or isinstance(tune, OnlineOptions)
+    if (isinstance(tune, str) and not online) or (
+            tune is not None and not isinstance(tune, (bool, str, SearchOptions, OnlineOptions))):
+        raise AutotuneError(f"apply: tune must be None, True, False, 'online', a SearchOptions "
+                            f"or an OnlineOptions, got {tune!r}")
+    allowed = tuple([allow] if isinstance(allow, str) else allow)
+    if allowed and not online:
+        raise AutotuneError(f"apply: allow={list(allowed)} is for online tuning "
+                            "(tune='online'); the up-front search measures precision already")
+    if not online:
+        return None
+    options = tune if isinstance(tune, OnlineOptions) else OnlineOptions()
+    return replace(options, allow=allowed) if allowed else options
+
+
+def _apply_online(model: torch.nn.Module, loader: Any, optimizer: Any, contract: StepContract,
+                  planned: Any, target: torch.device, options: OnlineOptions,
+                  remeasure: bool) -> Tuned:
+    """No trial now: the plan starts at PyTorch defaults (or a cached online
+    winner) and ``tuned.engine(...)`` searches while it trains."""
+    if loader is None:
+        raise AutotuneError("apply(tune='online') tunes the run that trains on loader=...; "
+                            "HINT: pass the training DataLoader")
+    plan, tuning = prepare_online(model, loader, optimizer, contract, planned.plan,
+                                  context=planned.context, manager=planned.manager,
+                                  device=target, options=options, remeasure=remeasure)
+    tuned = apply_plan(model, loader, plan, context=planned.context, manager=planned.manager,
+                       device=target, recommendation=planned.recommendation)
+    return replace(tuned, tuning=tuning, contract=contract)
 
 
 __all__ = ["Tuned", "apply", "apply_plan", "resolve_device"]

@@ -47,7 +47,9 @@ class Tuned:
     #: Which profile matched and why; None when the plan was given directly.
     recommendation: Recommendation | None = None
     #: The measured-tuning report (trials, winner, break-even); None when
-    #: nothing was measured. See docs/tuning.md.
+    #: nothing was measured; with ``tune="online"``, the online search
+    #: (``OnlineTuning``: its table fills while the engine trains). See
+    #: docs/tuning.md.
     tuning: Any = None
 
     #: How a batch becomes a loss (``loss_fn``, ``step_fn``, ``batch_size_fn``
@@ -64,6 +66,10 @@ class Tuned:
         Close it (or use ``with``) to undo the global settings it made."""
         kwargs.setdefault("device", self.device)
         kwargs.setdefault("report", self.report)
+        attach = getattr(self.tuning, "attach", None)
+        if attach is not None:
+            # Online tuning (apply(tune="online")): its search runs in this engine.
+            kwargs.setdefault("tuners", (attach,))
         if loss_fn is None and kwargs.get("step_fn") is None and self.contract is not None:
             loss_fn = self.contract
             if kwargs.get("batch_size_fn") is not None:

@@ -90,3 +90,70 @@ class SearchOptions:
                                       or not all(isinstance(p, str) for p in self.only)):
             raise AutotuneError(f"SearchOptions.only must be a tuple of plugin names, "
                                 f"got {self.only!r}")
+
+
+#: What ``OnlineOptions.allow`` may name: an effect beyond speed whose knobs
+#: online tuning may then try ("precision" is the usual word for numerics).
+ALLOWABLE = {"precision": "numerics", "numerics": "numerics"}
+
+
+@dataclass(frozen=True)
+class OnlineOptions:
+    """How online tuning (:mod:`autotune.tuner.online`) measures during a run."""
+
+    #: A candidate is kept when the lower bound of its interval clears this.
+    margin: float = 0.01
+    #: Timed seconds per chunk (one step at least, ``max_chunk_steps`` at most).
+    chunk_s: float = 1.0
+    max_chunk_steps: int = 64
+    #: Steps after each switch (and epoch boundary) that are not timed.
+    warmup_steps: int = 1
+    #: Steps at the run's start before anything is timed (first steps are slow).
+    settle_steps: int = 3
+    #: Pairs after which an undecided candidate is dropped.
+    max_pairs: int = 10
+    #: Steps trained under candidates that were not kept: at most this share
+    #: of the planned steps; then the search stops where it is.
+    max_share: float = 0.25
+    #: A costly candidate (compilation) is tried only when the steps left
+    #: could save ``repay`` times its estimated cost at the gain its plugin
+    #: declares likely (``autotune_search_prior``).
+    repay: float = 2.0
+    #: Once the search is over, the incumbent's speed is watched: when the
+    #: median of the last ``drift_chunks`` chunks moves more than ``drift``
+    #: from what it was, the loader and thread settings are searched again.
+    drift: float = 0.2
+    drift_chunks: int = 5
+    max_reopen: int = 3
+    #: Effects beyond speed that may be tried: ``("precision",)`` lets the
+    #: search try autocast. Clipping, accumulation and batch size: never.
+    allow: tuple[str, ...] = ()
+    #: The clock chunks are timed with (tests pass a fake one).
+    clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("max_chunk_steps", "settle_steps", "max_pairs", "drift_chunks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise AutotuneError(f"OnlineOptions.{name} must be a whole number >= 1, "
+                                    f"got {value!r}")
+        for name in ("warmup_steps", "max_reopen"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise AutotuneError(f"OnlineOptions.{name} must be a whole number >= 0, "
+                                    f"got {value!r}")
+        for name in ("margin", "chunk_s", "max_share", "repay", "drift"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                    math.isfinite(value) and value >= 0):
+                raise AutotuneError(f"OnlineOptions.{name} must be a number >= 0, "
+                                    f"got {value!r}")
+        if isinstance(self.allow, str) or not all(a in ALLOWABLE for a in self.allow):
+            raise AutotuneError(f"OnlineOptions.allow={self.allow!r}: a tuple of "
+                                f"{', '.join(sorted(ALLOWABLE))}; clipping, accumulation and "
+                                "batch size change what is trained and are never tried")
+        object.__setattr__(self, "allow", tuple(self.allow))
+
+    @property
+    def allowed_effects(self) -> set[str]:
+        return {"speed", *(ALLOWABLE[a] for a in self.allow)}

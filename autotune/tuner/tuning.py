@@ -96,7 +96,7 @@ def _winner_reason(report: TuningReport, cached_at: str | None = None) -> str:
             f"(trial #{winner.index}){suffix}")
 
 
-def _valid_settings(settings: Any, plan: Plan, knobs: Any) -> dict[str, dict[str, Any]]:
+def valid_settings(settings: Any, plan: Plan, knobs: Any) -> dict[str, dict[str, Any]]:
     """Cached winner settings, only if every plugin, key and kind of value
     fits this plan: ``ValueError`` otherwise (the entry is measured again)."""
     if not isinstance(settings, Mapping):
@@ -128,9 +128,9 @@ def _read_entry(store: TuningCache, key: str, plan: Plan, knobs: Any) -> dict[st
         if not isinstance(complete, bool):
             raise ValueError("complete is not true/false")
         report = TuningReport.from_dict(entry["report"])
-        winner = _valid_settings(entry.get("winner_settings", report.winner_settings), plan, knobs)
+        winner = valid_settings(entry.get("winner_settings", report.winner_settings), plan, knobs)
         state = SearchState.from_dict(entry.get("state", {}))
-        _valid_settings(state.incumbent, plan, knobs)
+        valid_settings(state.incumbent, plan, knobs)
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring tuning cache entry %s of the wrong shape (%s); measuring again",
                     store.path(key), exc)
@@ -169,7 +169,7 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     searched = searched_plugins(knobs, groups)
     baseline = baseline_config(plan, knobs, searched)
     snapshot = Snapshot.capture(model, optimizer, loader)
-    parts = _cache_parts(model, loader, optimizer, loss_fn, plan, context, target, options,
+    parts = cache_parts(model, loader, optimizer, loss_fn, plan, context, target, options,
                          snapshot)
     key = make_key(parts)
     store = TuningCache()
@@ -204,7 +204,7 @@ def tune(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     return TuningResult(out, report, winner, baseline)
 
 
-def _cache_parts(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
+def cache_parts(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
                  loss_fn: Any, plan: Plan, context: Any, target: torch.device,
                  options: SearchOptions, snapshot: Snapshot) -> dict[str, Any]:
     """What the cache key is made of: the machine, torch, the model, a batch,

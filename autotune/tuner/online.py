@@ -1,0 +1,398 @@
+"""Online tuning: the search runs inside the real training run.
+
+The up-front search (:mod:`autotune.tuner.search`) trains copies of the
+model and throws their steps away. Here every trial step is a real training
+step of the user's run: nothing is copied, restored, repeated or thrown
+away, so a candidate costs only what it loses while it is tried.
+
+:class:`OnlineTuner` is a live adapter of the engine (``Engine(tuners=...)``),
+called after every optimizer step. It runs:
+
+1. **settle** -- the run's first steps (allocation, loader start) are not
+   timed; one timed step sizes the chunks (``OnlineOptions.chunk_s``);
+2. **compare** -- the plugin groups in the up-front search's order
+   (priors), each candidate on top of the incumbent: chunks alternate
+   ``A B A B A ...``; the first steps after every switch are warm-up and
+   not timed; after each A chunk the paired interval decides keep, drop or
+   more (:mod:`autotune.tuner.paired`);
+3. **hold** -- the winner trains on; its chunks are still timed, and when
+   their speed drifts (another job arrives, a daemon share changes) the
+   groups that share the machine (loader, and knobs that declare
+   ``revisit_after_loader``: threads) are searched again.
+
+Only knobs whose effect is speed are tried (numerics too when the user
+allows, ``allow=["precision"]``); what changes what is trained never is.
+A setting changes through its plugin's ``autotune_live_change``. A costly knob (compilation) is an investment:
+tried only when the steps left could repay it (``OnlineOptions.repay``),
+and the report shows the numbers. A candidate that fails (its plugin fell
+back, an OOM, a loader worker dying) is dropped and the failed step runs
+again under the incumbent (``recover``), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import deque
+from typing import Any
+
+import torch
+
+from autotune.plan.knobs import LOADER
+from autotune.plan.plan import Source
+from autotune.plan.report import Kind
+from autotune.tuner.candidates import Config, Group, offered
+from autotune.tuner.online_space import Space, _Open
+from autotune.tuner.online_report import Chunk, OnlineReport, Tried, weigh
+from autotune.tuner.options import OnlineOptions
+from autotune.tuner.paired import Verdict, decide, interval, pair_log_ratios
+
+log = logging.getLogger("autotune.tuner.online")
+
+
+class OnlineTuner:
+    """The search of one engine's run; see the module docstring."""
+
+    #: Changes come between any two steps: the loader is made switchable.
+    mid_epoch = True
+
+    def __init__(self, engine: Any, space: Space, options: OnlineOptions,
+                 report: OnlineReport, on_settled: Any = None) -> None:
+        self.engine = engine
+        self.space = space
+        self.options = options
+        self.report = report
+        self.clock = options.clock
+        #: Called with the report when the winner changes or the search ends (the cache).
+        self.on_settled = on_settled or (lambda report: None)
+        self.incumbent = self.current = space.start
+        self.steps = 0
+        self.step_s: float | None = None
+        self.chunk_steps = 1
+        self.phase = "settle"
+        self._groups: deque[Group] = deque(() if space.recheck else space.groups)
+        self._offers: list[tuple[str, Config]] = (
+            [("recheck", space.baseline)] if space.recheck and space.baseline.key() != space.start.key()
+            else [])
+        self._trying: tuple[Tried, Config] | None = None
+        self._a: list[float] = []
+        self._b: list[float] = []
+        self._losers: set[str] = set()
+        self._compiled: set[str] = set()
+        #: A loader group's candidate was kept: revisit what shares the cores.
+        self._revisit = False
+        self._lost_steps = 0
+        self._hold: list[float] = []
+        self._reference: float | None = None
+        report.start = space.label(space.start)
+        report.recheck = space.recheck
+        report.winner_label, report.winner_settings = report.start, space.start.to_dict()
+        report.margin, report.max_share = options.margin, options.max_share
+        self._chunk = self._open(space.start, "settle", options.settle_steps, 1)
+
+    # -- what the engine calls -----------------------------------------------------
+    def at_epoch_start(self, epoch: int) -> None:
+        """An epoch boundary (evaluation, the loader restarting) is not timed:
+        the chunk running starts its timing again after a warm-up step."""
+        chunk = self._chunk
+        if chunk.warmup_left == 0:
+            chunk.warmup_left = max(1, self.options.warmup_steps)
+            chunk.counted, chunk.started = 0, None
+            chunk.warmup_started = self.clock()
+
+    def at_step(self) -> None:
+        self.steps += 1
+        self.report.steps = self.steps
+        chunk = self._chunk
+        chunk.steps += 1
+        if self._trying is not None and self.current is self._trying[1]:
+            self._trying[0].steps += 1
+            fallback = self._fell_back(self._trying[1])
+            if fallback:
+                self._fail(fallback)
+                return
+        if chunk.warmup_left > 0:
+            chunk.warmup_left -= 1
+            if chunk.warmup_left == 0:
+                self._start_timing(chunk)
+            return
+        if chunk.started is None:
+            self._start_timing(chunk)
+            return
+        chunk.counted += 1
+        if chunk.counted >= chunk.target:
+            self._finish(chunk)
+
+    def recover(self, error: BaseException, phase: str) -> bool:
+        """A step or batch failed under a candidate: back to the incumbent,
+        and the engine runs the step again there."""
+        if self._trying is None or self.current is not self._trying[1]:
+            return False
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        return self._fail(f"{type(error).__name__} during {phase}: {first}")
+
+    def status(self) -> str:
+        if self._trying is not None:
+            return f"trying {self._trying[0].label}, pair {len(self._b) + 1}/{self.options.max_pairs}"
+        return {"settle": "measuring the start", "hold": ""}.get(self.phase, "comparing")
+
+    # -- chunks --------------------------------------------------------------------
+    def _open(self, config: Config, role: str, warmup: int, target: int) -> _Open:
+        engine = self.engine
+        engine.history.mark(engine.micro_steps, self.space.label(config))
+        chunk = _Open(config, role, self.steps, warmup, target, warmup_started=self.clock())
+        if warmup == 0:
+            self._start_timing(chunk)
+        return chunk
+
+    def _start_timing(self, chunk: _Open) -> None:
+        self._sync()
+        chunk.started = self.clock()
+        chunk.samples_at_start = self.engine.samples_trained
+        if self._trying is not None and chunk.config is self._trying[1]:
+            self._trying[0].warmup_s += chunk.started - chunk.warmup_started
+
+    def _sync(self) -> None:
+        device = self.engine.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def _finish(self, chunk: _Open) -> None:
+        self._sync()
+        seconds = self.clock() - (chunk.started or 0.0)
+        samples = self.engine.samples_trained - chunk.samples_at_start
+        record = Chunk(chunk.first_step, self.space.label(chunk.config), chunk.role, chunk.steps,
+                       chunk.counted, seconds, samples)
+        self.report.chunks.append(record)
+        rate = record.rate
+        if rate <= 0:  # a clock that did not move: time it again
+            self._chunk = self._open(chunk.config, chunk.role, 0, chunk.target)
+            return
+        if chunk.role == "settle":
+            self.step_s = seconds / max(1, chunk.counted)
+            self.chunk_steps = max(1, min(self.options.max_chunk_steps,
+                                          math.ceil(self.options.chunk_s / self.step_s)))
+            self.phase = "compare"
+            self._chunk = self._open(self.incumbent, "incumbent", 0, self.chunk_steps)
+        elif chunk.role == "candidate":
+            self._b.append(rate)
+            self._switch(self.incumbent)
+            self._chunk = self._open(self.incumbent, "incumbent", self.options.warmup_steps,
+                                     self.chunk_steps)
+        elif chunk.role == "hold":
+            self._watch(rate)
+        else:
+            self._a.append(rate)
+            self._after_incumbent()
+
+    # -- the comparison ------------------------------------------------------------
+    def _after_incumbent(self) -> None:
+        if self._trying is None:
+            self._next_candidate()
+            return
+        tried, config = self._trying
+        ratios = pair_log_ratios(self._a, self._b)
+        verdict, reason = decide(ratios, self.options.margin, max_pairs=self.options.max_pairs)
+        if ratios:
+            tried.interval = interval(ratios)
+        if verdict is Verdict.KEEP:
+            self._revisit = self._revisit or self._phase_of(tried.plugin) == LOADER
+            self.incumbent = config
+            self._keep_in_plan(tried, reason)
+            self._settle_candidate("kept", reason)
+            self._switch(config)
+            self._a = []
+            self._chunk = self._open(config, "incumbent", self.options.warmup_steps,
+                                     self.chunk_steps)
+            return
+        if verdict is Verdict.MORE and self._lost_steps + tried.steps < self._share_cap():
+            self._switch(config)
+            self._chunk = self._open(config, "candidate", self.options.warmup_steps,
+                                     self.chunk_steps)
+            return
+        if verdict is Verdict.MORE:
+            reason = f"the search's share of the run ({self.options.max_share:.0%}) is used up"
+            self._offers.clear()
+            self._groups.clear()
+        self._settle_candidate("dropped", reason)
+        self._a = self._a[-1:]
+        self._next_candidate()
+
+    def _settle_candidate(self, verdict: str, reason: str) -> None:
+        assert self._trying is not None
+        tried, config = self._trying
+        tried.verdict, tried.reason = verdict, reason
+        if verdict != "kept":
+            self._lost_steps += tried.steps
+            self._losers.add(config.key())
+        self._trying, self._b = None, []
+        log.info("online: %s %s (%s)", verdict, tried.label, reason)
+        self.engine.note("tuner", Kind.APPLIED if verdict == "kept" else Kind.SKIPPED,
+                         f"online: {verdict} {tried.label}: {reason}")
+        self.on_settled(self.report)
+
+    def _fail(self, reason: str) -> bool:
+        """The candidate being tried failed: back to the incumbent."""
+        if not self._switch(self.incumbent, force=True):
+            return False
+        self._settle_candidate("failed", reason)
+        self._a = []
+        self._chunk = self._open(self.incumbent, "incumbent", self.options.warmup_steps,
+                                 self.chunk_steps)
+        return True
+
+    def _fell_back(self, config: Config) -> str | None:
+        """Why the engine no longer runs what ``config`` set (a plugin fell
+        back, e.g. compilation failed and it trains eagerly), or None."""
+        plan = self.engine.plan
+        for plugin, values in config.diff(self.incumbent).items():
+            for key, value in values.items():
+                if plan.get(plugin, key) != value:
+                    setting = plan.setting(plugin, key)
+                    return f"fell back to {plugin}.{key}={plan.get(plugin, key)!r}: " + (
+                        setting.reason if setting is not None else "")
+        return None
+
+    def _next_candidate(self) -> None:
+        while True:
+            offer = self._next_offer()
+            if offer is None:
+                self._to_hold(complete=True)
+                return
+            group, config = offer
+            left = self._steps_left()
+            if left is not None and left < 4 * self.chunk_steps + 2 * self.options.warmup_steps:
+                self._to_hold(complete=False, why=f"{left} steps left: too few to compare")
+                return
+            if self._lost_steps >= self._share_cap():
+                self._to_hold(complete=False, why="the search's share of the run is used up")
+                return
+            tried = Tried(len(self.report.tried), group, self.space.label(config),
+                          config.diff(self.incumbent))
+            self.report.tried.append(tried)
+            costly = self.space.costly(config) if config.key() not in self._compiled else 0.0
+            if costly and not self._invest(tried, group, costly, left):
+                continue
+            self._trying = (tried, config)
+            if not self._switch(config):
+                self._settle_candidate("failed", "its plugin cannot change it during a run")
+                continue
+            if costly:
+                self._compiled.add(config.key())
+            warmup = max(self.options.warmup_steps, 2 if costly else 0)
+            self._chunk = self._open(config, "candidate", warmup, self.chunk_steps)
+            return
+
+    def _next_offer(self) -> tuple[str, Config] | None:
+        while not self._offers:
+            if not self._groups and self._revisit:
+                # Compute threads share the cores with loader workers: once
+                # the loader changed, the knobs that say so are tried again.
+                self._groups.extend(g for g in self.space.groups if g.revisit_after_loader)
+                self._revisit = False
+            if not self._groups:
+                return None
+            group = self._groups.popleft()
+            configs = offered(self.space.manager, self.space.context, self.space.plan,
+                              self.space.knobs, self.space.device_type, group.plugin,
+                              self.incumbent, pruned=self.report.pruned,
+                              skip=lambda c: c.key() in self._losers)
+            self._offers = [(group.plugin, c) for c in configs
+                            if self.space.may_try(c, self.incumbent, self.options)]
+        while self._offers:
+            group, config = self._offers.pop(0)
+            if group in config.values:
+                # Offered on top of an earlier incumbent: the same values on today's.
+                config = self.incumbent.merged(group, config.values[group])
+            if config.key() != self.incumbent.key() and config.key() not in self._losers:
+                return group, config
+        return self._next_offer()
+
+    def _invest(self, tried: Tried, group: str, costly: float, left: int | None) -> bool:
+        investment = weigh(tried.label, costly, left, self.step_s or 0.0,
+                           self.space.priors.get(group, 0.1), self.options.repay)
+        self.report.investments.append(investment)
+        if not investment.tried:
+            tried.verdict, tried.reason = "not tried", investment.why_not(self.options.repay)
+        return investment.tried
+
+    # -- after the search ------------------------------------------------------------
+    def _to_hold(self, complete: bool, why: str = "") -> None:
+        self.phase = "hold"
+        self.report.complete = complete
+        if why:
+            log.info("online: search stops: %s", why)
+        self.on_settled(self.report)
+        self._hold, self._reference = [], None
+        self._chunk = self._open(self.incumbent, "hold", 0, self.chunk_steps)
+
+    def _watch(self, rate: float) -> None:
+        """The incumbent's speed after the search: reopen on drift."""
+        options = self.options
+        self._hold.append(rate)
+        recent = self._hold[-options.drift_chunks:]
+        if len(recent) == options.drift_chunks:
+            now = statistics.median(recent)
+            if self._reference is None:
+                self._reference = now
+            elif abs(math.log(now / self._reference)) > math.log(1 + options.drift) \
+                    and len(self.report.reopened) < options.max_reopen:
+                self._reopen(now)
+                return
+        self._chunk = self._open(self.incumbent, "hold", 0, self.chunk_steps)
+
+    def _reopen(self, now: float) -> None:
+        reference = self._reference or now
+        why = (f"step {self.steps}: {self.space.label(self.incumbent)} ran {now:.1f} samples/s "
+               f"over the last {self.options.drift_chunks} chunks vs {reference:.1f} before "
+               f"({now / reference - 1:+.0%}): loader and thread settings searched again")
+        log.info("online: %s", why)
+        self.report.reopened.append(why)
+        self.engine.note("tuner", Kind.APPLIED, f"online: reopened at {why}")
+        shared = [g for g in self.space.groups if g.phase == LOADER or g.revisit_after_loader]
+        self._groups = deque(shared)
+        self._losers.clear()
+        self.phase = "compare"
+        self._a = self._hold[-1:]
+        self._next_candidate()
+
+    # -- helpers -------------------------------------------------------------------
+    def _phase_of(self, plugin: str) -> str | None:
+        return next((g.phase for g in self.space.groups if g.plugin == plugin), None)
+
+    def _steps_left(self) -> int | None:
+        engine = self.engine
+        if engine.planned_micro_steps is None:
+            return None
+        per_step = max(1, engine.micro_batches_per_step)
+        return max(0, engine.planned_micro_steps - engine.micro_steps) // per_step
+
+    def _share_cap(self) -> float:
+        engine = self.engine
+        if engine.planned_micro_steps is None:
+            return math.inf
+        return self.options.max_share * engine.planned_micro_steps / max(
+            1, engine.micro_batches_per_step)
+
+    def _switch(self, config: Config, force: bool = False) -> bool:
+        """Bring ``config`` into force through the owning plugins; on a
+        refusal, what was changed goes back and False is returned."""
+        engine, done = self.engine, []
+        reason = f"online tuning: running {self.space.label(config)}"
+        for plugin, values in config.diff(self.current).items():
+            if engine.change_live(plugin, values, Source.MEASURED, reason):
+                done.append(plugin)
+            elif not force:
+                for back in done:
+                    engine.change_live(back, self.current.values.get(back, {}), Source.MEASURED,
+                                       reason)
+                return False
+        self.current = config
+        return True
+
+    def _keep_in_plan(self, tried: Tried, reason: str) -> None:
+        for plugin, values in tried.changes.items():
+            self.engine.revise_plan(plugin, values, f"measured online: {reason}")
+        self.report.winner_label = self.space.label(self.incumbent)
+        self.report.winner_settings = self.incumbent.to_dict()
