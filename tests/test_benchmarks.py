@@ -335,3 +335,147 @@ def test_the_readme_gives_the_command_that_writes_each_committed_result() -> Non
             helps[target] = run.stdout
         for flag in re.findall(r"(?<!\S)--[a-z][a-z-]*", command):
             assert re.search(rf"{flag}\b", helps[target]), f"{target} has no {flag}"
+
+
+# -- time_to_train: the children (calibration, the three arms) are replaced ----------------
+
+
+def fake_time_to_train_children(times: dict[str, float], last_half: dict[str, float],
+                                upfront_winner: str, seen: list | None = None):
+    """Children that write chosen figures; ``seen`` collects (kind, job, env)."""
+    def run_child(args, env):
+        kind, job = args[0], json.loads(Path(args[1]).read_text())
+        if seen is not None:
+            seen.append((kind, job, env))
+        if kind == "--child-calibrate":
+            result = {"dataset_size": job["dataset_size"], "batch_size": 32,
+                      "batches_per_epoch": 10, "warmup_steps": job["warmup_steps"],
+                      "timed_steps": job["timed_steps"], "step_s": 0.01, "epoch_s": 0.1}
+        else:
+            arm = job["arm"]
+            result = {"arm": arm, "workload": job["workload"], "time_to_train_s": times[arm],
+                      "apply_s": 1.0 if arm == "upfront" else 0.0,
+                      "train_s": times[arm] - (1.0 if arm == "upfront" else 0.0),
+                      "epochs": job["epochs"], "steps": 10 * job["epochs"],
+                      "samples": 320 * job["epochs"], "samples_per_s": 50.0,
+                      "last_half_epochs": (job["epochs"] + 1) // 2,
+                      "last_half_samples_per_s": last_half[arm],
+                      "winner": upfront_winner if arm == "upfront" else "PyTorch defaults"}
+        Path(job["out"]).write_text(json.dumps(result))
+    return run_child
+
+
+TTT_CASES = ["--workload", "mlp", "--workload", "input", "--length", "short", "--length", "long"]
+
+
+@pytest.mark.parametrize("times, extra, missed", [
+    ({"defaults": 10.0, "online": 10.2, "upfront": 12.0}, [], None),
+    ({"defaults": 10.0, "online": 10.5, "upfront": 12.0}, [], "online_vs_defaults_mlp_short"),
+    ({"defaults": 10.0, "online": 10.2, "upfront": 12.0}, ["--target", "online_vs_upfront=0.5"],
+     "online_vs_upfront_input_long"),
+    ({"defaults": 10.0, "online": 10.2, "upfront": 12.0},
+     ["--target", "online_last_half_vs_upfront=1e9"], "online_last_half_vs_upfront_mlp"),
+])
+def test_time_to_train_records_provenance_and_exit_code(monkeypatch, tmp_path, capsys, times,
+                                                        extra, missed) -> None:
+    time_to_train = script("time_to_train")
+    seen: list = []
+    monkeypatch.setattr(time_to_train, "run_child", fake_time_to_train_children(
+        times, {"defaults": 50.0, "online": 99.0, "upfront": 100.0},
+        "optimizer.implementation=fused", seen))
+    out = tmp_path / "ttt.json"
+    code = time_to_train.main([*TTT_CASES, *QUIET, "--out", str(out), *extra])
+    assert code == (1 if missed else 0)
+    record = json.loads(out.read_text())
+    assert_provenance(record, "time_to_train.py")
+    assert record["foreign_cpu_share"] is not None
+    assert set(record["calibration"]) == {"mlp", "input"}
+    assert [(c["workload"], c["length"]) for c in record["cases"]] == [
+        ("mlp", "short"), ("mlp", "long"), ("input", "short"), ("input", "long")]
+    for case in record["cases"]:
+        assert [r["arm"] for r in case["runs"]] == ["defaults", "online", "upfront"]
+        assert all(r["epochs"] == case["plan"]["epochs"] for r in case["runs"])
+        for arm, seconds in times.items():
+            assert case["summary"][arm]["time_to_train_s"] == seconds
+    # 0.1 s an epoch: 60 s -> 600 epochs, 300 s -> 3000, the dataset as it was
+    assert [c["plan"]["epochs"] for c in record["cases"]] == [600, 3000, 600, 3000]
+    assert set(record["targets"]) == {
+        f"{name}_{w}_{length}" for name in ("online_vs_defaults", "online_vs_upfront")
+        for w in ("mlp", "input") for length in ("short", "long")} | {
+        "online_last_half_vs_upfront_mlp", "online_last_half_vs_upfront_input"}
+    assert record["targets"]["online_vs_defaults_mlp_short"]["rule"] == "<="
+    assert record["targets"]["online_last_half_vs_upfront_mlp"]["measured"] == pytest.approx(0.99)
+    # every child a fresh process with its own empty caches
+    caches = [env["AUTOTUNE_CACHE_DIR"] for _, _, env in seen]
+    assert len(seen) == 2 + 4 * 3 and len(set(caches)) == len(caches)
+    assert all(env["AUTOTUNE_PROGRESS"] == "0" and env["TORCHINDUCTOR_CACHE_DIR"]
+               for _, _, env in seen)
+    if missed:
+        assert_missed(capsys.readouterr().out, missed)
+
+
+def test_time_to_train_repeats_rotate_the_order_and_report_medians(monkeypatch,
+                                                                   tmp_path) -> None:
+    time_to_train = script("time_to_train")
+    seen: list = []
+    monkeypatch.setattr(time_to_train, "run_child", fake_time_to_train_children(
+        {"defaults": 10.0, "online": 9.0, "upfront": 12.0},
+        {"defaults": 50.0, "online": 99.0, "upfront": 100.0}, "PyTorch defaults", seen))
+    out, png = tmp_path / "ttt.json", tmp_path / "ttt.png"
+    assert time_to_train.main(["--workload", "input", "--length", "long", "--repeats", "3",
+                               "--order", "upfront,defaults,online", *QUIET, "--out", str(out),
+                               "--plot", str(png)]) == 0
+    arms = [job["arm"] for kind, job, _ in seen if kind == "--child-arm"]
+    assert arms == ["upfront", "defaults", "online", "defaults", "online", "upfront",
+                    "online", "upfront", "defaults"]
+    plots = [job["plot"] for kind, job, _ in seen if job.get("arm") == "online"]
+    assert [Path(p).name for p in plots] == [f"ttt_online_input_long_r{r}.png" for r in (1, 2, 3)]
+    record = json.loads(out.read_text())
+    assert record["settings"]["order"] == ["upfront", "defaults", "online"]
+    assert record["cases"][0]["summary"]["online"]["time_to_train_s"] == 9.0
+    # upfront shipped the defaults: no last-half target
+    assert set(record["targets"]) == {"online_vs_defaults_input_long",
+                                      "online_vs_upfront_input_long"}
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_time_to_train_cuts_the_dataset_when_an_epoch_is_long() -> None:
+    time_to_train = script("time_to_train")
+    calibration = {"step_s": 1.0, "batches_per_epoch": 32, "batch_size": 64,
+                   "dataset_size": 2048}
+    short = time_to_train.plan_length(calibration, 60.0)
+    assert short["batches_per_epoch"] == 15 and short["dataset_size"] == 15 * 64
+    assert short["epochs"] == 4
+    long = time_to_train.plan_length(calibration, 300.0)
+    assert long["dataset_size"] == 2048 and long["epochs"] == 9  # 32 s epochs <= 75 s
+    one_step = time_to_train.plan_length(calibration, 1.0)  # a step longer than target / 4
+    assert one_step["batches_per_epoch"] == 1 and one_step["epochs"] == 2
+
+
+def test_time_to_train_rejects_a_bad_order(tmp_path) -> None:
+    time_to_train = script("time_to_train")
+    for bad in (["--order", "defaults,online"], ["--order", "defaults,online,online"],
+                ["--target", "online_vs_defaults_mlp_short=1"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            time_to_train.main([*QUIET, "--out", str(tmp_path / "x.json"), *bad])
+
+
+@pytest.mark.slow
+def test_time_to_train_smoke_runs_every_arm_for_real(tmp_path) -> None:
+    out = tmp_path / "ttt.json"
+    run = run_script("time_to_train.py", "--smoke", *QUIET, "--out", str(out),
+                     "--target", "online_vs_defaults=1000", "--target", "online_vs_upfront=1000",
+                     "--target", "online_last_half_vs_upfront=0")
+    assert run.returncode == 0, run.stdout + run.stderr
+    record = json.loads(out.read_text())
+    assert_provenance(record, "time_to_train.py")
+    assert record["cases"] and all(t["met"] for t in record["targets"].values())
+    for case in record["cases"]:
+        assert case["workload"] in record["calibration"]
+        runs = {r["arm"]: r for r in case["runs"]}
+        assert set(runs) == {"defaults", "online", "upfront"}
+        for arm, r in runs.items():
+            assert r["time_to_train_s"] > 0 and r["steps"] > 0, arm
+            assert r["epochs"] == case["plan"]["epochs"] >= 2
+        assert runs["defaults"]["apply_s"] == 0 and runs["upfront"]["tuning"]["search_s"] > 0
+        assert "chunks" not in runs["online"]["tuning"] and runs["online"]["summary"]
