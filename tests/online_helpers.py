@@ -130,7 +130,10 @@ def train(plugins: Sequence[Any], *, clock: FakeClock, epochs: int = 4, batch_si
     loader = DataLoader(Indexed(n), batch_size=batch_size, shuffle=True,
                         num_workers=num_workers)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    settings = {"clock": clock, "chunk_s": 1.0, "settle_steps": 2, **(options or {})}
+    # A test run is ~100 steps: the default max_loss (2 % of them) would stop
+    # the search within a pair; the test of that cap sets it itself.
+    settings = {"clock": clock, "chunk_s": 1.0, "settle_steps": 2, "max_loss": 0.25,
+                **(options or {})}
     tune_arg = OnlineOptions(**settings) if tune == "online" else tune
     tuned = autotune.apply(model, loader, optimizer=optimizer,
                            loss_fn=nn.functional.cross_entropy, tune=tune_arg,

@@ -75,7 +75,9 @@ def test_noise_keeps_the_incumbent():
     # No real difference, 30 % noise per step: nothing may be kept.
     pace = Pace(clock, noisy({0: 0.25, 1: 0.25}, spread=0.3, seed=3))
     tuned, engine, _ = train([pace], clock=clock)
-    assert [t.verdict for t in tuned.tuning.report.tried] == ["dropped"]
+    tried = tuned.tuning.report.tried
+    assert len(tried) == 1 and tried[0].verdict in ("dropped", "stopped")
+    assert tried[0].interval.low < 1.01 < tried[0].interval.high
     assert engine.plan.get("pace", "level") == 0
 
 
@@ -87,6 +89,20 @@ def test_a_slower_candidate_is_dropped_quickly_and_costs_little():
     assert tried.verdict == "dropped" and tried.interval.high < 1
     assert tried.interval.pairs == 2  # the least the statistics allow
     assert tried.steps < 0.15 * engine.micro_steps
+
+
+def test_what_slower_candidates_may_cost_is_capped():
+    clock = FakeClock()
+    pace = Pace(clock, noisy({0: 0.25, 1: 0.5, 2: 0.5}, spread=0.05), levels=(1, 2))
+    tuned, engine, _ = train([pace], clock=clock, epochs=6, options={"max_loss": 0.02})
+    report = tuned.tuning.report
+    first = report.tried[0]
+    # 2 % of 144 steps is 2.9 steps' worth: one chunk of six steps at half
+    # speed is 3, so the candidate stops after its first pair, unkept, and
+    # the search stops with it: the second candidate is never tried.
+    assert first.verdict == "dropped" and "cost 2%" in first.reason
+    assert [t.label for t in report.tried] == ["pace.level=1"] and 2 not in pace.changes
+    assert not report.complete and engine.plan.get("pace", "level") == 0
 
 
 def test_math_changing_knobs_are_never_tried_unasked():

@@ -1,32 +1,23 @@
 """Online tuning: the search runs inside the real training run.
 
-The up-front search (:mod:`autotune.tuner.search`) trains copies of the
-model and throws their steps away. Here every trial step is a real training
-step of the user's run: nothing is copied, restored, repeated or thrown
-away, so a candidate costs only what it loses while it is tried.
+Every trial step is a real step of the user's run: nothing is copied,
+restored, repeated or thrown away, so a candidate costs only what it loses
+while it is tried. :class:`OnlineTuner` is a live adapter of the engine
+(``Engine(tuners=...)``), called after every optimizer step:
 
-:class:`OnlineTuner` is a live adapter of the engine (``Engine(tuners=...)``),
-called after every optimizer step. It runs:
-
-1. **settle** -- the run's first steps (allocation, loader start) are not
-   timed; one timed step sizes the chunks (``OnlineOptions.chunk_s``);
-2. **compare** -- the plugin groups in the up-front search's order
-   (priors), each candidate on top of the incumbent: chunks alternate
-   ``A B A B A ...``; the first steps after every switch are warm-up and
-   not timed; after each A chunk the paired interval decides keep, drop or
+1. **settle** -- the first steps are not timed; one timed step sizes the
+   chunks (``OnlineOptions.chunk_s``);
+2. **compare** -- plugin groups by prior, each candidate on top of the
+   incumbent in chunks ``A B A B A ...`` (the first step after a switch is
+   warm-up); after each A chunk the paired interval decides keep, drop or
    more (:mod:`autotune.tuner.paired`);
-3. **hold** -- the winner trains on; its chunks are still timed, and when
-   their speed drifts (another job arrives, a daemon share changes) the
-   groups that share the machine (loader, and knobs that declare
-   ``revisit_after_loader``: threads) are searched again.
+3. **hold** -- the winner's chunks are still timed; on drift the loader
+   and thread groups are searched again.
 
-Only knobs whose effect is speed are tried (numerics too when the user
-allows, ``allow=["precision"]``); what changes what is trained never is.
-A setting changes through its plugin's ``autotune_live_change``. A costly knob (compilation) is an investment:
-tried only when the steps left could repay it (``OnlineOptions.repay``),
-and the report shows the numbers. A candidate that fails (its plugin fell
-back, an OOM, a loader worker dying) is dropped and the failed step runs
-again under the incumbent (``recover``), so nothing is lost.
+Only speed knobs are tried (numerics with ``allow=["precision"]``), each
+through its plugin's ``autotune_live_change``. Compilation is an investment
+made only when the steps left could repay it. A failing candidate is
+dropped and its step runs again under the incumbent (``recover``).
 """
 
 from __future__ import annotations
@@ -82,13 +73,14 @@ class OnlineTuner:
         self._compiled: set[str] = set()
         #: A loader group's candidate was kept: revisit what shares the cores.
         self._revisit = False
-        self._lost_steps = 0
+        #: Steps' worth of time lost to candidates not kept.
+        self._lost = 0.0
         self._hold: list[float] = []
         self._reference: float | None = None
         report.start = space.label(space.start)
         report.recheck = space.recheck
         report.winner_label, report.winner_settings = report.start, space.start.to_dict()
-        report.margin, report.max_share = options.margin, options.max_share
+        report.margin, report.max_loss = options.margin, options.max_loss
         self._chunk = self._open(space.start, "settle", options.settle_steps, 1)
 
     # -- what the engine calls -----------------------------------------------------
@@ -154,9 +146,8 @@ class OnlineTuner:
             self._trying[0].warmup_s += chunk.started - chunk.warmup_started
 
     def _sync(self) -> None:
-        device = self.engine.device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
 
     def _finish(self, chunk: _Open) -> None:
         self._sync()
@@ -197,7 +188,8 @@ class OnlineTuner:
         if ratios:
             tried.interval = interval(ratios)
         if verdict is Verdict.KEEP:
-            self._revisit = self._revisit or self._phase_of(tried.plugin) == LOADER
+            self._revisit = self._revisit or any(g.phase == LOADER for g in self.space.groups
+                                                 if g.plugin == tried.plugin)
             self.incumbent = config
             self._keep_in_plan(tried, reason)
             self._settle_candidate("kept", reason)
@@ -206,25 +198,33 @@ class OnlineTuner:
             self._chunk = self._open(config, "incumbent", self.options.warmup_steps,
                                      self.chunk_steps)
             return
-        if verdict is Verdict.MORE and self._lost_steps + tried.steps < self._share_cap():
+        left = self._steps_left()
+        if verdict is Verdict.MORE and left is not None \
+                and left < 2 * (self.chunk_steps + self.options.warmup_steps):
+            self._settle_candidate("stopped", f"{reason} when the run was about to end")
+            self._to_hold(complete=False, why="the run is about to end")
+            return
+        if verdict is Verdict.MORE and self._lost + tried.lost < self._loss_cap():
             self._switch(config)
             self._chunk = self._open(config, "candidate", self.options.warmup_steps,
                                      self.chunk_steps)
             return
         if verdict is Verdict.MORE:
-            reason = f"the search's share of the run ({self.options.max_share:.0%}) is used up"
-            self._offers.clear()
-            self._groups.clear()
+            reason = (f"undecided when slower candidates had cost {self.options.max_loss:.0%} "
+                      "of the planned steps")
         self._settle_candidate("dropped", reason)
         self._a = self._a[-1:]
-        self._next_candidate()
+        if verdict is Verdict.MORE:
+            self._to_hold(complete=False, why=reason)
+        else:
+            self._next_candidate()
 
     def _settle_candidate(self, verdict: str, reason: str) -> None:
         assert self._trying is not None
         tried, config = self._trying
         tried.verdict, tried.reason = verdict, reason
         if verdict != "kept":
-            self._lost_steps += tried.steps
+            self._lost += tried.lost
             self._losers.add(config.key())
         self._trying, self._b = None, []
         log.info("online: %s %s (%s)", verdict, tried.label, reason)
@@ -265,8 +265,8 @@ class OnlineTuner:
             if left is not None and left < 4 * self.chunk_steps + 2 * self.options.warmup_steps:
                 self._to_hold(complete=False, why=f"{left} steps left: too few to compare")
                 return
-            if self._lost_steps >= self._share_cap():
-                self._to_hold(complete=False, why="the search's share of the run is used up")
+            if self._lost >= self._loss_cap():
+                self._to_hold(complete=False, why="slower candidates cost all they may")
                 return
             tried = Tried(len(self.report.tried), group, self.space.label(config),
                           config.diff(self.incumbent))
@@ -358,9 +358,6 @@ class OnlineTuner:
         self._next_candidate()
 
     # -- helpers -------------------------------------------------------------------
-    def _phase_of(self, plugin: str) -> str | None:
-        return next((g.phase for g in self.space.groups if g.plugin == plugin), None)
-
     def _steps_left(self) -> int | None:
         engine = self.engine
         if engine.planned_micro_steps is None:
@@ -368,11 +365,11 @@ class OnlineTuner:
         per_step = max(1, engine.micro_batches_per_step)
         return max(0, engine.planned_micro_steps - engine.micro_steps) // per_step
 
-    def _share_cap(self) -> float:
+    def _loss_cap(self) -> float:
         engine = self.engine
         if engine.planned_micro_steps is None:
             return math.inf
-        return self.options.max_share * engine.planned_micro_steps / max(
+        return self.options.max_loss * engine.planned_micro_steps / max(
             1, engine.micro_batches_per_step)
 
     def _switch(self, config: Config, force: bool = False) -> bool:

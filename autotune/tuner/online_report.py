@@ -63,6 +63,13 @@ class Tried:
     steps: int = 0
     warmup_s: float = 0.0
 
+    @property
+    def lost(self) -> float:
+        """Steps' worth of time lost while it was tried: its steps times the
+        share of speed it lacked (all of it before a measurement)."""
+        ratio = self.interval.ratio if self.interval is not None else 0.0
+        return self.steps * max(0.0, 1.0 - ratio)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["interval"] = self.interval.to_dict() if self.interval else None
@@ -130,8 +137,8 @@ class OnlineReport:
     steps: int = 0
     cache_path: str | None = None
     cache_error: str | None = None
-    #: What the search may cost: candidate steps at most this share of the run.
-    max_share: float = 0.0
+    #: What slower candidates may cost, as a share of the planned steps.
+    max_loss: float = 0.0
     margin: float = 0.0
 
     # -- derived ---------------------------------------------------------------
@@ -182,7 +189,7 @@ class OnlineReport:
         share = f"{self.candidate_steps / self.steps:.0%}" if self.steps else "0%"
         lines.append(f"{self.steps} steps trained, {self.candidate_steps} ({share}) under "
                      f"candidates, {self.switches} switches; margin {self.margin:.0%}, "
-                     f"candidates at most {self.max_share:.0%} of the planned steps"
+                     f"slower candidates may cost {self.max_loss:.0%} of the planned steps"
                      + ("" if self.complete else "; search not finished"))
         if self.cache_error:
             lines.append(f"cache: {self.cache_error}")
@@ -199,7 +206,7 @@ class OnlineReport:
                 "gain": self.gain, "complete": self.complete, "steps": self.steps,
                 "candidate_steps": self.candidate_steps, "switches": self.switches,
                 "cache_path": self.cache_path, "cache_error": self.cache_error,
-                "max_share": self.max_share, "margin": self.margin}
+                "max_loss": self.max_loss, "margin": self.margin}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)

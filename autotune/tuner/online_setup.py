@@ -102,7 +102,11 @@ def prepare_online(model: torch.nn.Module, loader: Any, optimizer: Any, loss_fn:
     """The plan the run starts with and the :class:`OnlineTuning` to attach."""
     context = replace(context, workload=replace(context.workload, loader=loader))
     knobs = manager.knobs(context, plan)
-    groups = search_groups(plan, context, device.type, knobs, None, manager=manager)
+    # By prior alone: every chunk is timed end to end, loader included, so
+    # the loader need not wait for the step's settings as in the up-front
+    # search -- on an input-bound job it is what matters most.
+    groups = sorted(search_groups(plan, context, device.type, knobs, None, manager=manager),
+                    key=lambda group: -group.prior)
     baseline = baseline_config(plan, knobs, searched_plugins(knobs, groups))
     priors = {p: gain for p, (gain, _why) in
               manager.search_priors(context, device.type, plan.plugins()).items()}

@@ -112,9 +112,11 @@ class OnlineOptions:
     settle_steps: int = 3
     #: Pairs after which an undecided candidate is dropped.
     max_pairs: int = 10
-    #: Steps trained under candidates that were not kept: at most this share
-    #: of the planned steps; then the search stops where it is.
-    max_share: float = 0.25
+    #: What slower candidates may cost: the steps trained under candidates
+    #: not kept, each weighed by the share of speed it lost (a step at 0.8x
+    #: costs 0.2 of a step; one not yet measured, a whole step), at most
+    #: this share of the planned steps; then the search stops where it is.
+    max_loss: float = 0.02
     #: A costly candidate (compilation) is tried only when the steps left
     #: could save ``repay`` times its estimated cost at the gain its plugin
     #: declares likely (``autotune_search_prior``).
@@ -142,7 +144,7 @@ class OnlineOptions:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise AutotuneError(f"OnlineOptions.{name} must be a whole number >= 0, "
                                     f"got {value!r}")
-        for name in ("margin", "chunk_s", "max_share", "repay", "drift"):
+        for name in ("margin", "chunk_s", "max_loss", "repay", "drift"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
                     math.isfinite(value) and value >= 0):
