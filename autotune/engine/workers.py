@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from autotune.errors import TrainingError
+from autotune.workload.switching import stop_workers
 
 log = logging.getLogger("autotune.engine.workers")
 
@@ -124,18 +125,4 @@ def _stop_workers(iterators: list[Any], loader: Any, *, quiet: bool = False) -> 
         stopped.append(iterator)
         if getattr(loader, "_iterator", None) is iterator:
             loader._iterator = None
-        try:
-            shutdown()
-        except Exception as exc:  # noqa: BLE001 - see quiet
-            if not quiet:
-                raise
-            log.debug("while a loader's workers shut down after an error: %r", exc)
-        finally:
-            # A signal handled during the shutdown can cut it short before
-            # torch forgets the worker pids; forget them here, so its handler
-            # cannot raise for these workers again.
-            if getattr(iterator, "_worker_pids_set", False):
-                from torch.utils.data._utils import signal_handling
-
-                signal_handling._remove_worker_pids(id(iterator))
-                iterator._worker_pids_set = False
+        stop_workers(iterator, quiet=quiet)

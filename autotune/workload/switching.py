@@ -51,10 +51,11 @@ def _normalise(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
             "prefetch_factor": prefetch}
 
 
-def _stop(iterator: Any, *, quiet: bool) -> None:
-    """Shut a multi-process loader iterator's workers down now. ``quiet``:
-    an error is already on its way out; what the shutdown raises (a worker
-    failure reported meanwhile) is logged rather than raised over it."""
+def stop_workers(iterator: Any, *, quiet: bool) -> None:
+    """Shut a loader iterator's workers down now (the engine's epoch loop
+    does it this way too). ``quiet``: an error is already on its way out;
+    what the shutdown raises (a worker failure reported meanwhile) is logged
+    rather than raised over it."""
     try:
         iterator._shutdown_workers()
     except Exception as exc:  # noqa: BLE001 - see quiet
@@ -187,7 +188,7 @@ class SwitchableLoader:
         for loader in self._segments.values():
             iterator, loader._iterator = loader._iterator, None
             if iterator is not None:
-                _stop(iterator, quiet=True)
+                stop_workers(iterator, quiet=True)
 
     def _next(self, epoch: int) -> Any:
         if epoch != self._epoch:
@@ -266,4 +267,4 @@ class SwitchableLoader:
         if failed or not loader.persistent_workers:
             if loader._iterator is iterator:
                 loader._iterator = None
-            _stop(iterator, quiet=failed)
+            stop_workers(iterator, quiet=failed)
