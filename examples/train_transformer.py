@@ -92,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=args.epochs * len(train))
 
-    tuned = autotune.apply(model, train, optimizer=optimizer, disable=args.disable,
-                           overrides=overrides)
-    with tuned.engine(optimizer, nn.functional.cross_entropy, scheduler=scheduler,
+    # Tuned online: the search runs on the training steps themselves
+    # (benchmarks/results/time_to_train.json).
+    tuned = autotune.apply(model, train, optimizer=optimizer, loss_fn=nn.functional.cross_entropy,
+                           tune="online", disable=args.disable, overrides=overrides)
+    with tuned.engine(optimizer, scheduler=scheduler,
                       progress=not args.no_progress) as engine:
         print(f"profile {tuned.plan.profile} on {tuned.device}; step behaviour: "
               f"{engine.describe()}")
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fallback: {event}")
     print(f"validation loss {result['loss']:.4f}, accuracy {result['accuracy']:.1%} "
           f"after {len(history)} epochs")
+    print(tuned.tuning.summary())
 
 
 if __name__ == "__main__":

@@ -97,3 +97,27 @@ def test_gpt2_with_the_default_data_collator_trains_and_is_measured() -> None:
             engine.fit(tuned.loader)
         assert engine.history[-1].train_loss < first
         assert engine.history[-1].samples == 12
+
+
+def test_bert_with_its_collator_is_tuned_online_while_it_trains() -> None:
+    """The online search switches the loader (workers, mid-epoch) under a
+    Hugging Face model fed by DataCollatorWithPadding, with the model's own
+    loss; every batch trains once. Real clock: which candidate wins is the
+    machine's business, that the search ran and lost nothing is ours."""
+    from autotune.tuner import OnlineOptions
+
+    torch.manual_seed(0)
+    model = bert()
+    loader = DataLoader(sentences(32), batch_size=4, shuffle=True, collate_fn=PadOnly())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    eager = OnlineOptions(chunk_s=0.001, settle_steps=1, max_loss=1.0)
+    tuned = autotune.apply(model, loader, optimizer=optimizer, tune=eager,
+                           manager=only("dataloader"), remeasure=True)
+    with tuned.engine(optimizer, progress=False) as engine:
+        history = engine.fit(tuned.loader, epochs=4)
+    report = tuned.tuning.report
+    assert [t.plugin for t in report.tried][:1] == ["dataloader"], report.table()
+    assert report.steps == engine.optimizer_steps == 32
+    assert all(epoch.samples == 32 for epoch in history)
+    assert len({m.label for m in engine.history.marks}) >= 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())

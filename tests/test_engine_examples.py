@@ -40,6 +40,8 @@ def test_example_prints_per_epoch_metrics(name, argv, capsys, tmp_path) -> None:
     out = capsys.readouterr().out
     assert "epoch 1/2: train_loss" in out and "epoch 2/2: train_loss" in out
     assert "samples/s" in out and "effective batch" in out
+    # Tuned online: the search's summary, with every step of the run counted.
+    assert "winner:" in out and "steps trained" in out
     if name == "train_cnn":
         assert (tmp_path / "history.png").exists() and (tmp_path / "history.json").exists()
     else:

@@ -44,9 +44,9 @@ def test_the_snippet_runs(title: str, capsys, monkeypatch, tmp_path) -> None:
     if title == "Your own loop":
         assert out.strip() == "4 optimizer steps"
     else:
-        # The tuning table (its header, the baseline row, the winner), then
-        # the last epoch's summary.
-        assert "ROLE" in out and "baseline" in out and "winner:" in out, out
+        # The online tuning table (its header, the winner, every step of the
+        # run counted), then the last epoch's summary.
+        assert "GROUP" in out and "winner:" in out and "16 steps trained" in out, out
         assert "epoch 2" in out, out
 
 

@@ -110,8 +110,10 @@ def autotune_live_candidate(engine: Any, metrics: Any,
 
 @hookspec
 def autotune_live_change(engine: Any, values: "Mapping[str, Any]") -> "bool | None":
-    """Bring new values of this plugin's own settings into force now, at an
-    epoch boundary (a live candidate, its revert, or a new share).
+    """Bring new values of this plugin's own settings into force now: at an
+    epoch boundary (a live candidate, its revert, or a new share), or, under
+    online tuning (``engine.changes_mid_epoch``), between any two optimizer
+    steps, from the next step on.
 
     Called only on the plugin whose settings changed; ``engine.plan`` already
     holds ``values``.
