@@ -16,6 +16,26 @@ from typing import Callable
 from autotune.errors import AutotuneError
 
 
+def _whole_numbers(options: object, names: tuple[str, ...], minimum: int) -> None:
+    """Each of ``names`` is an int (not a bool) >= ``minimum``, or an error
+    naming the options class and the field."""
+    for name in names:
+        value = getattr(options, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise AutotuneError(f"{type(options).__name__}.{name} must be a whole number "
+                                f">= {minimum}, got {value!r}")
+
+
+def _numbers(options: object, names: tuple[str, ...], *, positive: bool) -> None:
+    """Each of ``names`` is a finite number, > 0 (``positive``) or >= 0."""
+    for name in names:
+        value = getattr(options, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise AutotuneError(f"{type(options).__name__}.{name} must be a number "
+                                f"{'>' if positive else '>='} 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrialOptions:
     #: Steps before timing starts (loader start, compilation, allocation).
@@ -40,19 +60,10 @@ class TrialOptions:
     clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("warmup_steps", "chunks", "min_chunks", "min_chunk_steps",
-                     "max_chunk_steps", "retries"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name in (
-                    "warmup_steps", "retries") else 1):
-                raise AutotuneError(f"TrialOptions.{name} must be a whole number "
-                                    f">= {0 if name in ('warmup_steps', 'retries') else 1}, "
-                                    f"got {value!r}")
-        for name in ("chunk_s", "max_timed_s", "max_spread"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-                    math.isfinite(value) and value > 0):
-                raise AutotuneError(f"TrialOptions.{name} must be a number > 0, got {value!r}")
+        _whole_numbers(self, ("warmup_steps",), 0)
+        _whole_numbers(self, ("chunks", "min_chunks", "min_chunk_steps", "max_chunk_steps"), 1)
+        _whole_numbers(self, ("retries",), 0)
+        _numbers(self, ("chunk_s", "max_timed_s", "max_spread"), positive=True)
         if self.min_chunks > self.chunks:
             raise AutotuneError(f"TrialOptions.min_chunks={self.min_chunks} is more than "
                                 f"chunks={self.chunks}")
@@ -134,22 +145,9 @@ class OnlineOptions:
     clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_chunk_steps", "settle_steps", "max_pairs", "drift_chunks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise AutotuneError(f"OnlineOptions.{name} must be a whole number >= 1, "
-                                    f"got {value!r}")
-        for name in ("warmup_steps", "max_reopen"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise AutotuneError(f"OnlineOptions.{name} must be a whole number >= 0, "
-                                    f"got {value!r}")
-        for name in ("margin", "chunk_s", "max_loss", "repay", "drift"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-                    math.isfinite(value) and value >= 0):
-                raise AutotuneError(f"OnlineOptions.{name} must be a number >= 0, "
-                                    f"got {value!r}")
+        _whole_numbers(self, ("max_chunk_steps", "settle_steps", "max_pairs", "drift_chunks"), 1)
+        _whole_numbers(self, ("warmup_steps", "max_reopen"), 0)
+        _numbers(self, ("margin", "chunk_s", "max_loss", "repay", "drift"), positive=False)
         if isinstance(self.allow, str) or not all(a in ALLOWABLE for a in self.allow):
             raise AutotuneError(f"OnlineOptions.allow={self.allow!r}: a tuple of "
                                 f"{', '.join(sorted(ALLOWABLE))}; clipping, accumulation and "
