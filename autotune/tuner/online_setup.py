@@ -29,6 +29,7 @@ from autotune.tuner.options import OnlineOptions, SearchOptions
 from autotune.tuner.search import search_groups
 from autotune.tuner.state import Snapshot
 from autotune.tuner.tuning import cache_parts, valid_settings
+from autotune.workload.batches import model_device
 
 log = logging.getLogger("autotune.tuner.online")
 
@@ -51,9 +52,8 @@ class OnlineTuning:
         self.space = space
         self.options = options
         self._slot = slot
+        #: The latest run's report (empty until an engine trains).
         self.report = OnlineReport()
-        self.report.start = space.label(space.start)
-        self.report.recheck = space.recheck
 
     @property
     def mode(self) -> str:
@@ -132,8 +132,8 @@ def prepare_online(model: torch.nn.Module, loader: Any, optimizer: Any, loss_fn:
 
 def _slot(model: torch.nn.Module, loader: Any, optimizer: Any, loss_fn: Any, plan: Plan,
           context: Any, device: torch.device, options: OnlineOptions) -> _Slot:
-    if next(model.parameters(), torch.empty(0)).device != device:
-        model.to(device)
+    if model_device(model) != device:
+        model.to(device)  # apply_plan would move it anyway; snapshot it where it trains
     parts = cache_parts(model, loader, optimizer, loss_fn, plan, context, device, SearchOptions(),
                         Snapshot.capture(model, optimizer, loader))
     parts["search"] = {"mode": "online", "margin": options.margin, "allow": list(options.allow)}
