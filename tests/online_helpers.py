@@ -32,13 +32,15 @@ class Pace:
 
     def __init__(self, clock: FakeClock, step_time: Callable[[Any, int], float],
                  levels: Sequence[int] = (1,), name: str = "pace",
-                 effect: Effect = Effect.SPEED, fail_at: int | None = None) -> None:
+                 effect: Effect = Effect.SPEED, fail_at: int | None = None,
+                 prior: float = 0.5, phase: str = "step") -> None:
         self.NAME = name
         self.clock = clock
         self.step_time = step_time
         self.levels = tuple(levels)
         self.effect = effect
         self.fail_at = fail_at
+        self.prior, self.phase = prior, phase
         self.changes: list[int] = []
 
     @hookimpl
@@ -47,7 +49,7 @@ class Pace:
 
     @hookimpl
     def autotune_knobs(self) -> dict[str, Knob]:
-        return {"level": Knob(off=0, effect=self.effect)}
+        return {"level": Knob(off=0, effect=self.effect, phase=self.phase)}
 
     @hookimpl
     def autotune_candidates(self, context: Any, plan: Any) -> list[dict[str, Any]]:
@@ -55,7 +57,7 @@ class Pace:
 
     @hookimpl
     def autotune_search_prior(self, context: Any, device_type: str) -> tuple[float, str]:
-        return 0.5, "test"
+        return self.prior, "test"
 
     @hookimpl
     def autotune_setup_engine(self, engine: Any, plan: Any) -> None:

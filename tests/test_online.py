@@ -105,6 +105,16 @@ def test_what_slower_candidates_may_cost_is_capped():
     assert not report.complete and engine.plan.get("pace", "level") == 0
 
 
+def test_groups_go_by_prior_a_loader_group_included():
+    # Up front a loader-phase group waits for the step groups; online, every
+    # chunk is timed end to end, so the higher prior goes first.
+    clock = FakeClock()
+    step = Pace(clock, lambda engine, level: 0.25, name="steppy", prior=0.2)
+    loader = Pace(clock, lambda engine, level: 0.25, name="loady", prior=0.4, phase="loader")
+    tuned, _, _ = train([step, loader], clock=clock)
+    assert [t.plugin for t in tuned.tuning.report.tried][:2] == ["loady", "steppy"]
+
+
 def test_math_changing_knobs_are_never_tried_unasked():
     clock = FakeClock()
     training = Pace(clock, noisy({0: 0.25, 1: 0.1}, 0.0), name="trainknob",
