@@ -23,9 +23,9 @@ The verdict, with ``margin`` (1 % by default):
   never ships a slowdown.
 
 Why not the spread of one configuration's own chunks as the margin (what
-the up-front search did until 0.3): on a loaded 2-core CPU one
-configuration's spread was 22.8 %, so real gains of 8-20 % were all "within
-noise". Pairing removes the shared part of the noise, and the interval
+the up-front search does): in its 150 s search of
+benchmarks/results/budget_buys_cnn.json, channels_last measured +8.6 %
+"within the 13.1 % noise margin" on one trial's spread, and defaults shipped. Pairing removes the shared part of the noise, and the interval
 narrows as pairs accumulate -- cheap online, where every chunk is a real
 training step anyway.
 """
