@@ -34,3 +34,9 @@ class PlanError(AutotuneError):
 class TrainingError(AutotuneError):
     """The training engine cannot go on: a malformed batch, a DataLoader
     worker that died, an engine used after close()."""
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A loss became NaN or infinite while a setting was being measured or
+    tried: that setting is disqualified (the user's weights are not
+    touched by the step that saw it)."""

@@ -28,18 +28,20 @@ class Pace:
     """One setting, ``level``. After every optimizer step the fake clock
     moves by ``step_time(engine, level)`` (seconds); the level changes live.
     ``effect`` says what changing it changes; ``fail_at``: the level whose
-    first step raises an out-of-memory error from the model's forward."""
+    first step raises an out-of-memory error from the model's forward;
+    ``nan_at``: the level whose third forward returns NaN (mid-chunk)."""
 
     def __init__(self, clock: FakeClock, step_time: Callable[[Any, int], float],
                  levels: Sequence[int] = (1,), name: str = "pace",
                  effect: Effect = Effect.SPEED, fail_at: int | None = None,
-                 prior: float = 0.5, phase: str = "step") -> None:
+                 prior: float = 0.5, phase: str = "step", nan_at: int | None = None) -> None:
         self.NAME = name
         self.clock = clock
         self.step_time = step_time
         self.levels = tuple(levels)
         self.effect = effect
         self.fail_at = fail_at
+        self.nan_at = nan_at
         self.prior, self.phase = prior, phase
         self.changes: list[int] = []
 
@@ -70,6 +72,8 @@ class Pace:
         self.changes.append(level)
         if level == self.fail_at and hasattr(engine.module, "fail_next"):
             engine.module.fail_next = True
+        if hasattr(engine.module, "nan_in"):
+            engine.module.nan_in = 3 if level == self.nan_at else 0
         return True
 
     @hookimpl
@@ -104,7 +108,9 @@ class Indexed(Dataset):
 class Recording(nn.Module):
     """Remembers the sample indices of every forward; with dropout, so a
     change in torch's global RNG stream changes the weights. ``fail_next``:
-    the next forward raises an out-of-memory error before it draws anything."""
+    the next forward raises an out-of-memory error before it draws anything;
+    ``nan_in``: the forward that many from now draws its dropout and returns
+    NaN (a candidate that diverges mid-chunk)."""
 
     def __init__(self, features: int = 8) -> None:
         super().__init__()
@@ -112,11 +118,16 @@ class Recording(nn.Module):
                                   nn.Linear(16, 3))
         self.seen: list[int] = []
         self.fail_next = False
+        self.nan_in = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (a test)")
+        if self.nan_in:
+            self.nan_in -= 1
+            if self.nan_in == 0:
+                return self.body(x) * float("nan")
         self.seen.extend(int(i) for i in x[:, 0])
         return self.body(x)
 

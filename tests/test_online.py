@@ -153,6 +153,24 @@ def test_a_failing_candidate_mid_chunk_loses_nothing():
         assert torch.equal(mine, theirs)
 
 
+def test_a_candidate_whose_loss_turns_nan_mid_chunk_loses_nothing():
+    clock = FakeClock()
+    pace = Pace(clock, noisy({0: 0.25, 1: 0.2}, 0.0), nan_at=1)
+    tuned, engine, model = train([pace], clock=clock)
+    tried = tuned.tuning.report.tried[0]
+    assert tried.verdict == "failed" and "NonFiniteLoss" in tried.reason, tried.reason
+    assert tried.steps == 2  # two good steps under it, then the NaN
+    assert engine.plan.get("pace", "level") == 0
+    # The NaN never reached backward, and the retried step drew the dropout
+    # the candidate's forward had drawn: bitwise what a run without it trains.
+    clock = FakeClock()
+    _, _, plain_model = train([Pace(clock, noisy({0: 0.25}, 0.0), levels=())], clock=clock)
+    assert model.seen == plain_model.seen
+    for mine, theirs in zip(model.state_dict().values(), plain_model.state_dict().values()):
+        assert torch.equal(mine, theirs)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_drift_reopens_the_search():
     clock = FakeClock()
     steps = {"n": 0}

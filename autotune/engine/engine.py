@@ -40,8 +40,8 @@ from autotune.engine.history import History
 from autotune.engine.host import LiveMaker, PluginHost
 from autotune.engine.hooks import nested
 from autotune.engine.loop import run_evaluate, run_fit
-from autotune.engine.step import Monitor, Recovery
-from autotune.engine.workers import is_worker_failure
+from autotune.engine.guard import check_finite, guarded, watching
+from autotune.engine.step import Monitor
 from autotune.errors import AutotuneError, TrainingError
 from autotune.plan.plan import Plan
 from autotune.plan.report import Report
@@ -255,6 +255,8 @@ class Engine(PluginHost):
         with skip_sync:
             with self.forward_context(True):
                 result = self.contract.loss(self.model, batch)
+            if watching(self):  # a setting is being tried: NaN takes it back
+                check_finite(result.value)
             self._backward(result.value)
         self.last_loss_parts = ({k: v.detach() for k, v in result.parts.items()}
                                 if result.parts else {})
@@ -264,35 +266,11 @@ class Engine(PluginHost):
         self.hooks.chain("autotune_transform_loss", "loss", loss, engine=self).backward()
 
     def guarded(self, run: Callable[[], Any], phase: str) -> Any:
-        """Run ``run`` (a forward, or forward and backward); when it raises,
-        a plugin may change the engine (``autotune_step_failed``) or a live
-        adapter take back a change it tries (``recover_live``), and it runs
-        once more. Loader worker failures and plugin errors are not
-        recoverable here. ``phase``: ``"training"`` or ``"evaluation"``."""
-        if not self.hooks["autotune_step_failed"] and not self.live_adapters:
-            return run()
-        try:
-            return run()
-        except Exception as error:  # noqa: BLE001 - offered to the plugins
-            if is_worker_failure(error) or isinstance(error, TrainingError):
-                raise
-            found = self.hooks.first("autotune_step_failed", engine=self, error=error,
-                                      phase=phase)
-            recovery: Recovery | None = found[1] if found is not None else None
-            if recovery is None and not self.recover_live(error, phase):
-                raise
-            if phase == "training" and self._window_count == 0:
-                self.optimizer.zero_grad(set_to_none=True)
-            try:
-                result = run()
-            except Exception:
-                if recovery is not None:
-                    recovery.undo()
-                raise
-            if recovery is not None:
-                first_line = (str(error).strip().splitlines() or [""])[0][:300]
-                recovery.done(f"{type(error).__name__} during {phase}: {first_line}")
-            return result
+        """Run ``run`` (a forward, or forward and backward); when it fails, a
+        plugin or a live adapter may put things right and it runs once more
+        (see :mod:`autotune.engine.guard`). ``phase``: ``"training"`` or
+        ``"evaluation"``."""
+        return guarded(self, run, phase)
 
     def _step_optimizer(self) -> None:
         hooks, optimizer = self.hooks, self.optimizer

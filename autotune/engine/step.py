@@ -31,7 +31,10 @@ class LiveHook(Protocol):
     ``mid_epoch = True`` -- it changes settings between any two steps, so
     the loader is made switchable mid-epoch; ``recover(error, phase) ->
     bool`` -- a step or batch failed: take back the change being tried and
-    say True, so it runs once more; ``status() -> str`` -- what it is doing,
+    say True, so it runs once more; ``watches_loss() -> bool`` -- True
+while it tries a change it may take back: each loss is then checked and
+a NaN is such a failure, raised before backward
+(:mod:`autotune.engine.guard`); ``status() -> str`` -- what it is doing,
     for the progress bar."""
 
     def at_epoch_start(self, epoch: int) -> None: ...

@@ -124,6 +124,11 @@ class OnlineTuner:
         first = (str(error).strip().splitlines() or [""])[0][:200]
         return self._fail(f"{type(error).__name__} during {phase}: {first}")
 
+    def watches_loss(self) -> bool:
+        """True while a candidate runs: the engine then checks each loss and
+        a NaN takes the candidate back before the optimizer sees it."""
+        return self._trying is not None and self.current is self._trying[1]
+
     def status(self) -> str:
         if self._trying is not None:
             return f"trying {self._trying[0].label}, pair {len(self._b) + 1}/{self.options.max_pairs}"

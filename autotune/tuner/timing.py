@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from autotune.errors import NonFiniteLoss
 from autotune.tuner.options import TrialOptions
 
 
@@ -44,10 +45,6 @@ def spread_of(rates: list[float]) -> float:
 
 class TrialDone(Exception):
     """Raised by the timer inside ``fit`` once every chunk is timed."""
-
-
-class NonFiniteLoss(Exception):
-    """The loss became NaN or infinite: the candidate is disqualified."""
 
 
 class NotAsPlanned(Exception):
