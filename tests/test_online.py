@@ -105,6 +105,19 @@ def test_what_slower_candidates_may_cost_is_capped():
     assert not report.complete and engine.plan.get("pace", "level") == 0
 
 
+def test_chunks_longer_than_an_epoch_still_decide():
+    # 3 steps an epoch, 4 timed steps a chunk: each chunk is timed across
+    # epoch boundaries (the step after each boundary is not timed).
+    clock = FakeClock()
+    tuned, engine, _ = train([Pace(clock, noisy({0: 0.25, 1: 0.2}, 0.0))], clock=clock,
+                             n=12, epochs=40)
+    tried = tuned.tuning.report.tried[0]
+    assert tried.verdict == "kept", tried.reason
+    assert engine.plan.get("pace", "level") == 1
+    timed = [c for c in tuned.tuning.report.chunks if c.role in ("incumbent", "candidate")]
+    assert all(c.counted_steps == 4 for c in timed)
+
+
 def test_groups_go_by_prior_a_loader_group_included():
     # Up front a loader-phase group waits for the step groups; online, every
     # chunk is timed end to end, so the higher prior goes first.

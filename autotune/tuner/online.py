@@ -35,7 +35,7 @@ from autotune.plan.plan import Source
 from autotune.plan.report import Kind
 from autotune.tuner.candidates import Config, Group, offered
 from autotune.tuner.online_space import Space, _Open
-from autotune.tuner.online_report import Chunk, OnlineReport, Tried, weigh
+from autotune.tuner.online_report import Chunk, OnlineReport, Tried, afford, weigh
 from autotune.tuner.options import OnlineOptions
 from autotune.tuner.paired import Verdict, decide, interval, pair_log_ratios
 
@@ -49,8 +49,11 @@ class OnlineTuner:
     mid_epoch = True
 
     def __init__(self, engine: Any, space: Space, options: OnlineOptions,
-                 report: OnlineReport, on_settled: Any = None) -> None:
+                 report: OnlineReport, on_settled: Any = None, budget: Any = None) -> None:
         self.engine = engine
+        #: A rehearsal's :class:`~autotune.tuner.budget.Budget`: it, not the
+        #: run's steps left, pays for costly candidates (None online).
+        self.budget = budget
         self.space = space
         self.options = options
         self.report = report
@@ -89,8 +92,13 @@ class OnlineTuner:
         the chunk running starts its timing again after a warm-up step."""
         chunk = self._chunk
         if chunk.warmup_left == 0:
+            if chunk.started is not None and chunk.counted:
+                # Keep what was timed up to the last step (a chunk may be
+                # longer than an epoch), not the evaluation after it.
+                chunk.banked_s += chunk.last_at - chunk.started
+                chunk.banked_samples += chunk.samples_at_last - chunk.samples_at_start
             chunk.warmup_left = max(1, self.options.warmup_steps)
-            chunk.counted, chunk.started = 0, None
+            chunk.started = None
             chunk.warmup_started = self.clock()
 
     def at_step(self) -> None:
@@ -100,7 +108,7 @@ class OnlineTuner:
         chunk.steps += 1
         if self._trying is not None and self.current is self._trying[1]:
             self._trying[0].steps += 1
-            fallback = self._fell_back(self._trying[1])
+            fallback = self.space.fell_back(self.engine.plan, self._trying[1], self.incumbent)
             if fallback:
                 self._fail(fallback)
                 return
@@ -113,6 +121,7 @@ class OnlineTuner:
             self._start_timing(chunk)
             return
         chunk.counted += 1
+        chunk.last_at, chunk.samples_at_last = self.clock(), self.engine.samples_trained
         if chunk.counted >= chunk.target:
             self._finish(chunk)
 
@@ -156,8 +165,8 @@ class OnlineTuner:
 
     def _finish(self, chunk: _Open) -> None:
         self._sync()
-        seconds = self.clock() - (chunk.started or 0.0)
-        samples = self.engine.samples_trained - chunk.samples_at_start
+        seconds = chunk.banked_s + self.clock() - (chunk.started or 0.0)
+        samples = chunk.banked_samples + self.engine.samples_trained - chunk.samples_at_start
         record = Chunk(chunk.first_step, self.space.label(chunk.config), chunk.role, chunk.steps,
                        chunk.counted, seconds, samples)
         self.report.chunks.append(record)
@@ -247,18 +256,6 @@ class OnlineTuner:
                                  self.chunk_steps)
         return True
 
-    def _fell_back(self, config: Config) -> str | None:
-        """Why the engine no longer runs what ``config`` set (a plugin fell
-        back, e.g. compilation failed and it trains eagerly), or None."""
-        plan = self.engine.plan
-        for plugin, values in config.diff(self.incumbent).items():
-            for key, value in values.items():
-                if plan.get(plugin, key) != value:
-                    setting = plan.setting(plugin, key)
-                    return f"fell back to {plugin}.{key}={plan.get(plugin, key)!r}: " + (
-                        setting.reason if setting is not None else "")
-        return None
-
     def _next_candidate(self) -> None:
         while True:
             offer = self._next_offer()
@@ -315,8 +312,11 @@ class OnlineTuner:
         return self._next_offer()
 
     def _invest(self, tried: Tried, group: str, costly: float, left: int | None) -> bool:
-        investment = weigh(tried.label, costly, left, self.step_s or 0.0,
-                           self.space.priors.get(group, 0.1), self.options.repay)
+        prior, step_s = self.space.priors.get(group, 0.1), self.step_s or 0.0
+        compare = 4 * self.chunk_steps + 2 * self.options.warmup_steps
+        investment = weigh(tried.label, costly, left, step_s, prior, self.options.repay) \
+            if self.budget is None else \
+            afford(tried.label, costly, compare, step_s, prior, self.budget.remaining())
         self.report.investments.append(investment)
         if not investment.tried:
             tried.verdict, tried.reason = "not tried", investment.why_not(self.options.repay)

@@ -39,6 +39,18 @@ class Space:
                     if (knob := self.knobs.get(plugin, {}).get(key)) is not None
                     and value != knob.off), default=0.0)
 
+    def fell_back(self, plan: Plan, config: Config, incumbent: Config) -> str | None:
+        """Why the engine's ``plan`` no longer runs what ``config`` set over
+        ``incumbent`` (a plugin fell back, e.g. compilation failed and it
+        trains eagerly), or None."""
+        for plugin, values in config.diff(incumbent).items():
+            for key, value in values.items():
+                if plan.get(plugin, key) != value:
+                    setting = plan.setting(plugin, key)
+                    return f"fell back to {plugin}.{key}={plan.get(plugin, key)!r}: " + (
+                        setting.reason if setting is not None else "")
+        return None
+
     def may_try(self, config: Config, incumbent: Config, options: OnlineOptions) -> bool:
         """Only knobs whose effect the options allow change (speed, unless
         numerics were allowed too)."""
@@ -61,3 +73,9 @@ class _Open:
     started: float | None = None
     samples_at_start: int = 0
     warmup_started: float = 0.0
+    #: When and at which sample count the last timed step ended.
+    last_at: float = 0.0
+    samples_at_last: int = 0
+    #: Time and samples timed before an epoch boundary interrupted the chunk.
+    banked_s: float = 0.0
+    banked_samples: int = 0
