@@ -29,6 +29,7 @@ import torch
 from autotune.applying import Tuned, _check_model, apply_plan, resolve_device
 from autotune.errors import AutotuneError
 from autotune.machine.hardware import Hardware
+from autotune.plan.report import Kind, Report
 from autotune.planner import make_plan
 from autotune.plugin.context import Workload
 from autotune.plugin.manager import PluginManager
@@ -36,6 +37,7 @@ from autotune.tuner.budget import Budget
 from autotune.tuner.integration import measure
 from autotune.tuner.online_setup import prepare_online
 from autotune.tuner.options import OnlineOptions, SearchOptions
+from autotune.tuner.rehearsal import rehearse
 from autotune.tuner.tuning import DEFAULT_BUDGET_S
 from autotune.workload.contract import StepContract
 
@@ -77,18 +79,17 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     :param batch_size_fn: ``batch_size_fn(batch) -> int``, the samples in a
         batch, when the default count (targets' or first tensor's leading
         dimension; one per target dict) is wrong.
-    :param tune: measure candidate settings on this model and loader
-        (docs/tuning.md); default: when loader, optimizer and loss_fn (or
-        step_fn) are given; ``True`` also measures with the model's own loss. A :class:`~autotune.tuner.SearchOptions` means yes, with
-        those options (noise margin, trial length, which plugins).
-        ``"online"`` (or an ``OnlineOptions``): no search before training;
-        ``tuned.engine(...)`` tries speed settings on the run's own steps.
-    :param allow: online, effects beyond speed it may try: ``["precision"]``.
-    :param budget_s: seconds ``apply`` may spend measuring (default 120):
-        batch-size search, trials and confirmation together end within it
-        (plus :data:`autotune.tuner.budget.TOLERANCE_S`); a trial still
-        running when it runs out is stopped. A search cut short is cached as
-        partial, and the next call continues it.
+    :param tune: measure candidate settings (docs/tuning.md); default: when
+        loader, optimizer and loss_fn (or step_fn) are given; ``True`` also
+        with the model's own loss; a :class:`~autotune.tuner.SearchOptions`:
+        yes, with those options. ``"online"`` (an ``OnlineOptions``): the
+        search runs in ``tuned.engine(...)``'s training; ``"rehearse"``
+        (``OnlineOptions(rehearse=True)``): that search before training,
+        for up to ``budget_s``, the model restored after.
+    :param allow: online or rehearsing, effects beyond speed to try: ``["precision"]``.
+    :param budget_s: seconds ``apply`` may spend measuring (default 120),
+        everything included, within :data:`autotune.tuner.budget.TOLERANCE_S`;
+        a search cut short is cached as partial, and continued next call.
     :param remeasure: ignore the tuning cache and measure again.
     :param batch_size: also find the largest micro-batch that fits, keeping
         the effective batch with gradient accumulation.
@@ -109,8 +110,9 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
                         strict=strict, manager=manager)
     contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
     if online is not None:
-        return _apply_online(model, loader, optimizer, contract, planned, target, online,
-                             remeasure)
+        before_training = _apply_rehearsed if online.rehearse else _apply_online
+        return before_training(model, loader, optimizer, contract, planned, target, online,
+                               budget, remeasure)
     # Measured tuning refines the plan here: trials on the user's model and
     # loader (state restored after), the winner written with source "measured".
     measured = measure(model, loader, planned.plan, planned, device=target, optimizer=optimizer,
@@ -125,26 +127,29 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
 def _online_options(tune: Any, allow: Iterable[str]) -> OnlineOptions | None:
     """The options of online tuning when ``tune`` asks for it, else None;
     an unknown ``tune`` or an ``allow`` without online tuning is an error."""
-    online = tune == "online" or isinstance(tune, OnlineOptions)
+    online = tune in ("online", "rehearse") or isinstance(tune, OnlineOptions)
     if (isinstance(tune, str) and not online) or (
             tune is not None and not isinstance(tune, (bool, str, SearchOptions, OnlineOptions))):
-        raise AutotuneError(f"apply: tune must be None, True, False, 'online', a SearchOptions "
-                            f"or an OnlineOptions, got {tune!r}")
+        raise AutotuneError(f"apply: tune must be None, True, False, 'online', 'rehearse', a "
+                            f"SearchOptions or an OnlineOptions, got {tune!r}")
     allowed = tuple([allow] if isinstance(allow, str) else allow)
     if allowed and not online:
         raise AutotuneError(f"apply: allow={list(allowed)} is for online tuning "
-                            "(tune='online'); the up-front search measures precision already")
+                            "(tune='online' or 'rehearse'); the up-front search measures "
+                            "precision already")
     if not online:
         return None
-    options = tune if isinstance(tune, OnlineOptions) else OnlineOptions()
+    options = tune if isinstance(tune, OnlineOptions) else OnlineOptions(
+        rehearse=tune == "rehearse")
     return replace(options, allow=allowed) if allowed else options
 
 
 def _apply_online(model: torch.nn.Module, loader: Any, optimizer: Any, contract: StepContract,
                   planned: Any, target: torch.device, options: OnlineOptions,
-                  remeasure: bool) -> Tuned:
-    """No trial now: the plan starts at PyTorch defaults (or a cached online
-    winner) and ``tuned.engine(...)`` searches while it trains."""
+                  budget: Budget, remeasure: bool) -> Tuned:
+    """No trial now (nothing is measured here: ``budget`` is unused): the
+    plan starts at PyTorch defaults (or a cached online winner) and
+    ``tuned.engine(...)`` searches while it trains."""
     if loader is None:
         raise AutotuneError("apply(tune='online') tunes the run that trains on loader=...; "
                             "HINT: pass the training DataLoader")
@@ -154,6 +159,29 @@ def _apply_online(model: torch.nn.Module, loader: Any, optimizer: Any, contract:
     tuned = apply_plan(model, loader, plan, context=planned.context, manager=planned.manager,
                        device=target, recommendation=planned.recommendation)
     return replace(tuned, tuning=tuning, contract=contract)
+
+
+def _apply_rehearsed(model: torch.nn.Module, loader: Any, optimizer: Any,
+                     contract: StepContract, planned: Any, target: torch.device,
+                     options: OnlineOptions, budget: Budget, remeasure: bool) -> Tuned:
+    """The online search run before training for up to the budget, on the
+    user's objects restored after; the winner is applied as a fixed plan."""
+    if loader is None or optimizer is None:
+        raise AutotuneError("apply(tune='rehearse') trains real steps and needs loader=... and "
+                            "optimizer=... (and loss_fn=..., step_fn=... or the model's own "
+                            "loss)")
+    plan, rehearsal = rehearse(model, loader, optimizer, contract, planned, device=target,
+                               options=options, budget=budget, remeasure=remeasure)
+    found = rehearsal.report
+    events = Report()
+    events.add("tuner", Kind.APPLIED if found.complete else Kind.WARNING,
+               f"rehearsal: {found.steps} steps in {rehearsal.seconds:.1f} s, "
+               f"{len(found.tried)} candidates; winner: {found.winner_label}"
+               + (f" ({found.gain:.2f}x, measured in pairs)" if found.gain != 1.0 else "")
+               + ("" if found.complete else "; the budget ran out before the search ended"))
+    tuned = apply_plan(model, loader, plan, context=planned.context, manager=planned.manager,
+                       device=target, recommendation=planned.recommendation, report=events)
+    return replace(tuned, tuning=rehearsal, contract=contract)
 
 
 __all__ = ["Tuned", "apply", "apply_plan", "resolve_device"]

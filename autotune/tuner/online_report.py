@@ -88,8 +88,14 @@ class Investment:
     #: What the steps left could save at ``prior_gain``, over the repay factor.
     worth_s: float
     tried: bool
+    #: A rehearsal's budget pays instead of the run: the seconds it had left
+    #: (None online).
+    budget_left_s: float | None = None
 
     def why_not(self, repay: float) -> str:
+        if self.budget_left_s is not None:
+            return (f"~{self.cost_s:.0f} s to compile and ~{self.worth_s:.0f} s to compare; "
+                    f"{self.budget_left_s:.0f} s of the budget left")
         if self.steps_left < 0:
             return "the run's length is unknown"
         return (f"~{self.cost_s:.0f} s to compile; the {self.steps_left} steps left could save "
@@ -98,6 +104,8 @@ class Investment:
 
     def describe(self) -> str:
         verdict = "tried" if self.tried else "not tried"
+        if self.budget_left_s is not None:
+            return f"{self.label}: {verdict}: {self.why_not(0)}"
         return (f"{self.label}: {verdict}: ~{self.cost_s:.0f} s to compile vs "
                 f"{self.steps_left} steps left x {self.step_s * 1000:.0f} ms x "
                 f"{self.prior_gain:.0%} likely gain = {self.worth_s:.0f} s it could save")
@@ -114,6 +122,19 @@ def weigh(label: str, first_step_cost: float, steps_left: int | None, step_s: fl
     worth = max(0, left) * step_s * prior_gain
     return Investment(label, cost, left, step_s, prior_gain, worth,
                       steps_left is not None and worth >= repay * cost)
+
+
+def afford(label: str, first_step_cost: float, compare_steps: int, step_s: float,
+           prior_gain: float, budget_left_s: float) -> Investment:
+    """A rehearsal's costly candidate: tried when what is left of the budget
+    holds its estimated cost (as :func:`weigh`) and a comparison of
+    ``compare_steps`` steps after it; what the winner saves later is the
+    user's run's, which a rehearsal does not know."""
+    cost = COSTLY_START_S + first_step_cost * step_s
+    compare = compare_steps * step_s
+    return Investment(label, cost, max(0, int(budget_left_s / max(step_s, 1e-9))), step_s,
+                      prior_gain, compare, budget_left_s >= cost + compare,
+                      budget_left_s=budget_left_s)
 
 
 @dataclass
@@ -140,6 +161,8 @@ class OnlineReport:
     #: What slower candidates may cost, as a share of the planned steps.
     max_loss: float = 0.0
     margin: float = 0.0
+    #: "online" (during the user's run) or "rehearsal" (before it, restored).
+    mode: str = "online"
 
     # -- derived ---------------------------------------------------------------
     @property
@@ -197,7 +220,7 @@ class OnlineReport:
 
     # -- as data -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": REPORT_VERSION, "mode": "online", "start": self.start,
+        return {"version": REPORT_VERSION, "mode": self.mode, "start": self.start,
                 "recheck": self.recheck, "tried": [t.to_dict() for t in self.tried],
                 "chunks": [{**asdict(c), "rate": c.rate} for c in self.chunks],
                 "investments": [asdict(i) for i in self.investments],
@@ -232,7 +255,7 @@ class OnlineReport:
             if before.label != after.label:
                 ax.axvline(after.first_step, color="grey", linestyle=":", linewidth=0.8)
         ax.set(xlabel="optimizer step", ylabel="samples/s",
-               title=f"online tuning: winner {self.winner_label[:70]}")
+               title=f"{self.mode} tuning: winner {self.winner_label[:70]}")
         if labels:
             ax.legend(fontsize="small")
         fig.savefig(path, dpi=100)

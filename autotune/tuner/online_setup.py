@@ -43,7 +43,28 @@ class _Slot:
     parts: dict[str, Any]
 
 
-class OnlineTuning:
+class ShowsReport:
+    """Shows :attr:`report`, an :class:`~autotune.tuner.online_report.OnlineReport`."""
+
+    report: OnlineReport
+
+    def table(self, width: int = 120) -> str:
+        return self.report.table(width)
+
+    def summary(self) -> str:
+        return self.report.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report.to_dict()
+
+    def to_json(self) -> str:
+        return self.report.to_json()
+
+    def plot(self, path: Any) -> Path:
+        return self.report.plot(path)
+
+
+class OnlineTuning(ShowsReport):
     """``tuned.tuning`` after ``apply(tune="online")``: attaches the search
     to each engine built from ``tuned`` (:meth:`attach`), and shows the
     latest run's :class:`~autotune.tuner.online_report.OnlineReport`."""
@@ -59,10 +80,12 @@ class OnlineTuning:
     def mode(self) -> str:
         return "online"
 
-    def attach(self, engine: Any) -> OnlineTuner:
-        """The live adapter that runs the search inside ``engine``'s training."""
-        self.report = OnlineReport()
-        return OnlineTuner(engine, self.space, self.options, self.report, on_settled=self._store)
+    def attach(self, engine: Any, budget: Any = None) -> OnlineTuner:
+        """The live adapter that runs the search inside ``engine``'s training
+        (``budget``: a rehearsal's, see :mod:`autotune.tuner.rehearsal`)."""
+        self.report = OnlineReport(mode="online" if budget is None else "rehearsal")
+        return OnlineTuner(engine, self.space, self.options, self.report, on_settled=self._store,
+                           budget=budget)
 
     def _store(self, report: OnlineReport) -> None:
         slot = self._slot
@@ -78,21 +101,6 @@ class OnlineTuning:
             report.cache_error = (f"the tuning cache at {slot.store.root} cannot be written "
                                   f"({exc.strerror or exc})")
 
-    # -- the latest run's report ------------------------------------------------------
-    def table(self, width: int = 120) -> str:
-        return self.report.table(width)
-
-    def summary(self) -> str:
-        return self.report.summary()
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.report.to_dict()
-
-    def to_json(self) -> str:
-        return self.report.to_json()
-
-    def plot(self, path: Any) -> Path:
-        return self.report.plot(path)
 
 
 def prepare_online(model: torch.nn.Module, loader: Any, optimizer: Any, loss_fn: Any,

@@ -141,6 +141,10 @@ class OnlineOptions:
     #: Effects beyond speed that may be tried: ``("precision",)`` lets the
     #: search try autocast. Clipping, accumulation and batch size: never.
     allow: tuple[str, ...] = ()
+    #: Search before training instead (``apply(tune="rehearse")``): real
+    #: steps for up to the budget, the user's objects restored after; the
+    #: winner is applied as a fixed plan (:mod:`autotune.tuner.rehearsal`).
+    rehearse: bool = False
     #: The clock chunks are timed with (tests pass a fake one).
     clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
 
