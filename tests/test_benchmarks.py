@@ -196,6 +196,51 @@ def test_budget_buys_an_apply_over_its_budget_exits_1(monkeypatch, tmp_path, cap
     assert_missed(capsys.readouterr().out, "apply_within_5s")
 
 
+# -- upfront_vs_grid: the children (fresh processes, real searches, the grid) are replaced --
+
+
+def fake_grid_children(rates: dict[str, float], wall_s: float):
+    def run_child(args, env):
+        if args[0] == "--child-search":
+            _, _, mode, budget, out = args
+            Path(out).write_text(json.dumps({
+                "mode": mode, "budget_s": float(budget), "apply_wall_s": wall_s,
+                "winner_settings": {}, "winner_label": "PyTorch defaults", "summary": "",
+                "report": {}}))
+        else:
+            Path(args[-1]).write_text(json.dumps({
+                "grid": [{"label": "PyTorch defaults", "status": "ok", "samples_per_s": 10.0,
+                          "spread": 0.0, "reason": "", "wall_s": 1.0}],
+                "headlines": [{"name": name, "label": "PyTorch defaults", "samples_per_s": rate,
+                               "step_ms": 1.0, "rounds": [rate]}
+                              for name, rate in rates.items()]}))
+    return run_child
+
+
+@pytest.mark.parametrize("rehearsed, wall_s, missed", [
+    (9.8, 1.0, None), (9.0, 1.0, "rehearse_vs_grid_best"), (9.8, 1e9, "search_within_5s")])
+def test_upfront_vs_grid_records_each_figure_against_its_target(monkeypatch, tmp_path, capsys,
+                                                               rehearsed, wall_s,
+                                                               missed) -> None:
+    harness = script("upfront_vs_grid")
+    monkeypatch.setattr(harness, "run_child", fake_grid_children(
+        {"defaults": 8.0, "search pick": 8.0, "rehearse pick": rehearsed, "grid best": 10.0},
+        wall_s))
+    out = tmp_path / "grid.json"
+    code = harness.main(["--workload", "mlp", "--budget", "5", *QUIET, "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert_provenance(record, "upfront_vs_grid.py")
+    assert set(record["targets"]) == {"rehearse_vs_grid_best", "search_within_5s",
+                                      "rehearse_within_5s"}
+    assert record["targets"]["rehearse_vs_grid_best"]["measured"] == pytest.approx(
+        rehearsed / 10.0)
+    assert record["search_vs_grid_best"] == pytest.approx(0.8)
+    assert [s["mode"] for s in record["searches"]] == ["search", "rehearse"]
+    assert code == (1 if missed else 0)
+    if missed:
+        assert_missed(capsys.readouterr().out, missed)
+
+
 # -- cv_folds: each measurement (a fresh process running cross_validate) is replaced ------
 
 

@@ -258,11 +258,25 @@ def run_bench(workload: str | ReferenceWorkload, *, budget_s: float | None = 300
 def confirm_configs(workload: str | ReferenceWorkload,
                     contenders: list[tuple[str, Mapping[str, Mapping[str, Any]]]], *,
                     rounds: int = 3, device: str | None = None, seed: int = 0,
-                    trial: TrialOptions | None = None, progress: bool = False) -> list[Headline]:
+                    trial: TrialOptions | None = None, progress: bool = False,
+                    grid: bool = False) -> list[Headline]:
     """Measure configurations (``{plugin: {key: value}}``, e.g. the winners
     of two searches with different budgets) back to back on a fresh build of
     ``workload``, interleaved, ``rounds`` times: medians that share the
-    machine's conditions. "defaults" is always measured first."""
+    machine's conditions. "defaults" is always measured first. With
+    ``grid=True`` every configuration of the exhaustive grid is measured
+    first, and the fastest of it competes last as "grid best" (use
+    :func:`grid_and_confirm` to also get the grid's trials)."""
+    return grid_and_confirm(workload, contenders, rounds=rounds, device=device, seed=seed,
+                            trial=trial, progress=progress, grid=grid)[1]
+
+
+def grid_and_confirm(workload: str | ReferenceWorkload,
+                     contenders: list[tuple[str, Mapping[str, Mapping[str, Any]]]], *,
+                     rounds: int = 3, device: str | None = None, seed: int = 0,
+                     trial: TrialOptions | None = None, progress: bool = False,
+                     grid: bool = True) -> tuple[list[Trial], list[Headline]]:
+    """:func:`confirm_configs`, with the grid's trials (empty without ``grid``)."""
     spec = get_workload(workload) if isinstance(workload, str) else workload
     model, loader, optimizer = spec.build(seed)
     target = resolve_device(device)
@@ -276,11 +290,19 @@ def confirm_configs(workload: str | ReferenceWorkload,
     bench = Workbench(model, loader, optimizer, spec.loss_fn, planned.plan, context,
                       planned.manager, target, knobs)
     snapshot = Snapshot.capture(model, optimizer, loader)
-    runner = TrialRunner(bench, snapshot, baseline,
-                         options=trial or TrialOptions(chunk_s=1.0), progress=progress)
+    options = trial or TrialOptions(chunk_s=1.0)
+    runner = TrialRunner(bench, snapshot, baseline, options=options, progress=progress)
+    grid_trials: list[Trial] = []
     try:
         configs = [("defaults", baseline)] + [(name, Config(values)) for name, values in contenders]
-        return _confirm(runner, configs, rounds)
+        if grid:
+            everything = grid_configs(Search(runner, SearchOptions(trial=options)))
+            grid_trials = measure_grid(runner, everything)
+            measured = [(c, t) for c, t in zip(everything, grid_trials) if t.ok]
+            if measured:
+                configs.append(("grid best", max(measured, key=lambda ct: ct[1].samples_per_s
+                                                 or 0.0)[0]))
+        return grid_trials, _confirm(runner, configs, rounds)
     finally:
         snapshot.restore()
         runner.close()
