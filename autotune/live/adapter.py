@@ -14,7 +14,11 @@ these per boundary, so each change is measured against the epoch before:
    step (:meth:`LiveAdapter.at_step`), since running beside a job that has
    just arrived oversubscribes the cores;
 3. otherwise the plugins' ``autotune_live_candidate`` proposals are asked
-   and the first one not refused is tried for one epoch.
+   and the first one not refused is tried for one epoch -- unless online
+   tuning runs in the engine: then it tries settings, in paired chunks,
+   and this adapter only takes shares, telling the tuner of each
+   (``share_arrived``, :mod:`autotune.tuner.online_hold`), which searches
+   the loader and thread settings again within it.
 
 Only speed knobs change live: a proposal touching a key whose knob changes
 the numerics or what is trained is refused. The first epoch (warm-up,
@@ -136,7 +140,8 @@ class LiveAdapter:
             self._generation = generation
             self._take_share(share, epoch)
             return
-        if epoch >= FIRST_CHANGE_EPOCH and last.epoch >= 2:
+        if epoch >= FIRST_CHANGE_EPOCH and last.epoch >= 2 \
+                and not self.engine.changes_mid_epoch:  # online tuning tries settings itself
             self._try_candidate(last, share, epoch)
 
     # -- the three kinds of change ---------------------------------------------------
@@ -160,16 +165,23 @@ class LiveAdapter:
         engine = self.engine
         revised = share_plan(engine.plan, share, context=engine.context, manager=engine.manager,
                              source=Source.DAEMON)
+        taken: dict[str, dict[str, Any]] = {}
         for plugin in revised.plugins():
             new = revised.values(plugin)
             changed = {k: v for k, v in new.items() if engine.plan.values(plugin).get(k) != v}
             if not changed:
                 continue
             if engine.change_live(plugin, changed, Source.DAEMON, share.reason):
+                taken[plugin] = changed
                 self._record(epoch, plugin, changed, "share", share.reason, Kind.APPLIED)
             else:
                 engine.note(plugin, Kind.SKIPPED, f"cannot take {_show(changed)} during a run; "
                             "it applies from the next apply()")
+        # Online tuning measures within the share from now on (one mechanism:
+        # this adapter takes shares, the tuner tries settings).
+        for adapter in engine.live_adapters:
+            if (arrived := getattr(adapter, "share_arrived", None)) is not None:
+                arrived(share, taken)
 
     def _try_candidate(self, last: "EpochMetrics", share: Share | None, epoch: int) -> None:
         engine = self.engine

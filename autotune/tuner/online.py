@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from collections import deque
 from typing import Any
 
@@ -34,6 +33,7 @@ from autotune.plan.knobs import LOADER
 from autotune.plan.plan import Source
 from autotune.plan.report import Kind
 from autotune.tuner.candidates import Config, Group, offered
+from autotune.tuner.online_hold import AfterSearch
 from autotune.tuner.online_space import Space, _Open
 from autotune.tuner.online_report import Chunk, OnlineReport, Tried, afford, weigh
 from autotune.tuner.options import OnlineOptions
@@ -42,7 +42,7 @@ from autotune.tuner.paired import Verdict, decide, interval, pair_log_ratios
 log = logging.getLogger("autotune.tuner.online")
 
 
-class OnlineTuner:
+class OnlineTuner(AfterSearch):
     """The search of one engine's run; see the module docstring."""
 
     #: Changes come between any two steps: the loader is made switchable.
@@ -321,46 +321,6 @@ class OnlineTuner:
         if not investment.tried:
             tried.verdict, tried.reason = "not tried", investment.why_not(self.options.repay)
         return investment.tried
-
-    # -- after the search ------------------------------------------------------------
-    def _to_hold(self, complete: bool, why: str = "") -> None:
-        self.phase = "hold"
-        self.report.complete = complete
-        if why:
-            log.info("online: search stops: %s", why)
-        self.on_settled(self.report)
-        self._hold, self._reference = [], None
-        self._chunk = self._open(self.incumbent, "hold", 0, self.chunk_steps)
-
-    def _watch(self, rate: float) -> None:
-        """The incumbent's speed after the search: reopen on drift."""
-        options = self.options
-        self._hold.append(rate)
-        recent = self._hold[-options.drift_chunks:]
-        if len(recent) == options.drift_chunks:
-            now = statistics.median(recent)
-            if self._reference is None:
-                self._reference = now
-            elif abs(math.log(now / self._reference)) > math.log(1 + options.drift) \
-                    and len(self.report.reopened) < options.max_reopen:
-                self._reopen(now)
-                return
-        self._chunk = self._open(self.incumbent, "hold", 0, self.chunk_steps)
-
-    def _reopen(self, now: float) -> None:
-        reference = self._reference or now
-        why = (f"step {self.steps}: {self.space.label(self.incumbent)} ran {now:.1f} samples/s "
-               f"over the last {self.options.drift_chunks} chunks vs {reference:.1f} before "
-               f"({now / reference - 1:+.0%}): loader and thread settings searched again")
-        log.info("online: %s", why)
-        self.report.reopened.append(why)
-        self.engine.note("tuner", Kind.APPLIED, f"online: reopened at {why}")
-        shared = [g for g in self.space.groups if g.phase == LOADER or g.revisit_after_loader]
-        self._groups = deque(shared)
-        self._losers.clear()
-        self.phase = "compare"
-        self._a = self._hold[-1:]
-        self._next_candidate()
 
     # -- helpers -------------------------------------------------------------------
     def _steps_left(self) -> int | None:
