@@ -161,7 +161,7 @@ def setup_precision(engine: Any, dtype: str, grad_scaler: bool, tf32: bool | Non
     if dtype in ("bf16", "fp16"):
         torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
         scaler = _grad_scaler(device_type) if dtype == "fp16" and grad_scaler else None
-        engine.plugin_state(NAME).update(dtype=torch_dtype, scaler=scaler)
+        engine.plugin_state(NAME).update(dtype=torch_dtype, scaler=scaler, kept_scaler=scaler)
         engine.note(NAME, Kind.APPLIED, f"autocast({device_type}, {dtype})"
                     + (" with a GradScaler" if scaler is not None else ""))
         if dtype == "fp16" and scaler is None:
@@ -182,6 +182,34 @@ def autotune_setup_engine(engine: Any, plan: Any) -> None:
     values = plan.values(NAME)
     setup_precision(engine, values.get("dtype", "fp32"), bool(values.get("grad_scaler")),
                     values.get("tf32"))
+
+
+@hookimpl
+def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
+    """Precision changes between optimizer steps (online tuning with
+    ``allow=["precision"]``): autocast's dtype and the fp16 GradScaler are
+    this engine's state, read at every step. Not part-way through an
+    accumulation window (its gradients would mix scaled and unscaled
+    parts), and not to bf16 on a GPU without it. One GradScaler is kept per
+    engine, so its scale carries over when fp16 comes back."""
+    import torch
+
+    if set(values) - {"dtype", "grad_scaler", "tf32"} or engine.pending_micro_batches:
+        return False
+    dtype = values.get("dtype", engine.plan.get(NAME, "dtype", "fp32"))
+    scaled = bool(values.get("grad_scaler", engine.plan.get(NAME, "grad_scaler", False)))
+    device_type = engine.device.type
+    if dtype not in ("bf16", "fp16", "fp32") or (
+            dtype == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return False
+    state = engine.plugin_state(NAME)
+    if dtype == "fp16" and scaled and state.get("kept_scaler") is None:
+        state["kept_scaler"] = _grad_scaler(device_type)
+    state["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    state["scaler"] = state.get("kept_scaler") if dtype == "fp16" and scaled else None
+    if "tf32" in values and values["tf32"] is not None and device_type == "cuda":
+        engine.on_close(set_tf32(bool(values["tf32"])))  # undone last-first at close
+    return True
 
 
 # -- the step: autocast around forward and loss, the fp16 GradScaler around

@@ -13,7 +13,7 @@ from autotune.errors import AutotuneError
 from autotune.plan.knobs import Effect
 from autotune.tuner import OnlineOptions
 from autotune.tuner.paired import (Verdict, decide, interval, pair_log_ratios, t_quantile)
-from online_helpers import Pace, Recording, noisy, train
+from online_helpers import Pace, Recording, all_but, noisy, train
 from tuner_helpers import FakeClock
 
 
@@ -147,6 +147,46 @@ def test_math_changing_knobs_are_never_tried_unasked():
     tried = {t.plugin for t in tuned.tuning.report.tried}
     assert "numknob" in tried and "trainknob" not in tried
     assert training.changes == []
+
+
+def test_precision_changes_live_between_steps_and_keeps_its_grad_scaler():
+    # What allow=["precision"] tries: mixed_precision's live change, on the
+    # real plugin and engine (this CPU has no native bf16, so the search
+    # itself prunes bf16 here; the switch is what is tested).
+    from autotune.plan.plan import Source
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    loader = [(torch.randn(4, 8), torch.randint(0, 3, (4,))) for _ in range(6)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    tuned = autotune.apply(model, loader, optimizer=optimizer, tune=False,
+                           disable=all_but("mixed_precision"))
+    engine = tuned.engine(optimizer, torch.nn.functional.cross_entropy, progress=False)
+    state = engine.plugin_state("mixed_precision")
+
+    def output_dtype():
+        with engine.forward_context(True):
+            return model(torch.randn(2, 8)).dtype
+
+    assert output_dtype() == torch.float32
+    for dtype, expected in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        assert engine.change_live("mixed_precision", {"dtype": dtype, "grad_scaler": False},
+                                  Source.MEASURED, "test")
+        assert output_dtype() == expected and engine.plan.get("mixed_precision", "dtype") == dtype
+        engine.fit(loader, epochs=1)
+        assert math.isfinite(engine.history[-1].train_loss)
+    assert engine.change_live("mixed_precision", {"dtype": "fp16", "grad_scaler": True},
+                              Source.MEASURED, "test")
+    scaler = state["scaler"]
+    assert scaler is not None
+    engine.change_live("mixed_precision", {"dtype": "fp32", "grad_scaler": False},
+                       Source.MEASURED, "test")
+    assert state["scaler"] is None and output_dtype() == torch.float32
+    engine.change_live("mixed_precision", {"dtype": "fp16", "grad_scaler": True},
+                       Source.MEASURED, "test")
+    assert state["scaler"] is scaler  # its scale carries over
+    assert not engine.change_live("mixed_precision", {"dtype": "int8"}, Source.MEASURED, "t")
+    engine.close()
 
 
 def test_a_failing_candidate_mid_chunk_loses_nothing():
