@@ -101,7 +101,7 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     for name, flag in (("remeasure", remeasure), ("batch_size", batch_size), ("strict", strict)):
         if not isinstance(flag, bool):
             raise AutotuneError(f"apply: {name} must be True or False, got {flag!r}")
-    online = _online_options(tune, allow)
+    online = _online_options(tune, allow, batch_size)
     _check_model(model)
     target = resolve_device(device)
     planned = make_plan(hardware=hardware, profile=profile,
@@ -124,9 +124,10 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
     return replace(tuned, tuning=measured.report, contract=contract)
 
 
-def _online_options(tune: Any, allow: Iterable[str]) -> OnlineOptions | None:
+def _online_options(tune: Any, allow: Iterable[str], batch_size: bool) -> OnlineOptions | None:
     """The options of online tuning when ``tune`` asks for it, else None;
-    an unknown ``tune`` or an ``allow`` without online tuning is an error."""
+    an unknown ``tune``, an ``allow`` without online tuning or a batch-size
+    search with it is an error."""
     online = tune in ("online", "rehearse") or isinstance(tune, OnlineOptions)
     if (isinstance(tune, str) and not online) or (
             tune is not None and not isinstance(tune, (bool, str, SearchOptions, OnlineOptions))):
@@ -139,6 +140,9 @@ def _online_options(tune: Any, allow: Iterable[str]) -> OnlineOptions | None:
                             "precision already")
     if not online:
         return None
+    if batch_size:
+        raise AutotuneError("apply(batch_size=True) runs with the up-front trial search; online "
+                            "tuning and rehearsals never change the batch size")
     options = tune if isinstance(tune, OnlineOptions) else OnlineOptions(
         rehearse=tune == "rehearse")
     return replace(options, allow=allowed) if allowed else options

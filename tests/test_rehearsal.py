@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 import autotune
 from autotune.errors import AutotuneError
+from autotune.plan.knobs import Effect
 from autotune.tuner import OnlineOptions
 from autotune.tuner.budget import TOLERANCE_S
 from online_helpers import Indexed, Pace, Recording, all_but, noisy, train
@@ -105,14 +106,33 @@ def test_a_rehearsed_winner_is_where_online_tuning_starts():
     first, _, _, _ = rehearse([Pace(clock, noisy(speeds, 0.02), levels=(1, 2))], clock)
     assert first.tuning.report.cache_path is not None
     clock = FakeClock()
-    online, _, _ = train([Pace(clock, noisy(speeds, 0.02), levels=(1, 2))], clock=clock)
+    # Online tuning that may try what a rehearsal tries (precision) shares its cache.
+    online, _, _ = train([Pace(clock, noisy(speeds, 0.02), levels=(1, 2))], clock=clock,
+                         options={"allow": ("precision",)})
     report = online.tuning.report
     assert report.recheck and report.start == "pace.level=1"
     assert [t.label for t in report.tried] == ["PyTorch defaults"]
 
 
-def test_rehearsing_needs_an_optimizer_and_a_loader():
+def test_precision_is_measured_as_up_front_training_knobs_never():
+    # Like the trial search (and unlike online tuning, which needs allow=),
+    # a rehearsal measures numerics knobs: the winner ships as a plan the
+    # user sees before training. Knobs that change what is trained: never.
+    clock = FakeClock()
+    numerics = Pace(clock, noisy({0: 0.25, 1: 0.2}, 0.0), name="numknob",
+                    effect=Effect.NUMERICS)
+    training = Pace(clock, lambda engine, level: 0.0, name="trainknob", effect=Effect.TRAINING)
+    tuned, _, _, _ = rehearse([numerics, training], clock)
+    assert {t.plugin for t in tuned.tuning.report.tried} == {"numknob"}
+    assert tuned.plan.get("numknob", "level") == 1 and training.changes == []
+
+
+def test_rehearsing_needs_an_optimizer_and_a_loader_and_keeps_the_batch_size():
     model = nn.Linear(4, 2)
+    batches = [(torch.randn(2, 4), torch.tensor([0, 1]))]
     with pytest.raises(AutotuneError, match="tune='rehearse'"):
-        autotune.apply(model, [(torch.randn(2, 4), torch.tensor([0, 1]))], tune="rehearse",
+        autotune.apply(model, batches, tune="rehearse", loss_fn=nn.functional.cross_entropy)
+    with pytest.raises(AutotuneError, match="never change the batch size"):
+        autotune.apply(model, batches, tune="rehearse", batch_size=True,
+                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                        loss_fn=nn.functional.cross_entropy)

@@ -16,6 +16,9 @@ returns the configuration the search ended with.
 * **Nothing is trained for the user**: model, optimizer, RNG, the loader's
   generators and global flags are captured before and restored after,
   bitwise (:class:`~autotune.tuner.state.Snapshot`), as around trials.
+* **What is tried** is what the trial search tries: speed knobs and, as
+  there, precision (measured here, and shipped as a plan the user sees
+  before training); clipping, accumulation and the batch size never.
 * **The budget is the run**: the tuner is told the steps the budget has
   left, so it starts no comparison that cannot finish; the steps are not
   the user's, so slower candidates may cost the whole budget
@@ -24,8 +27,9 @@ returns the configuration the search ended with.
 * **It ends** when the search does, or at the budget's deadline
   (:class:`~autotune.tuner.budget.BudgetStop` inside a step, as for a
   trial); a comparison cut short leaves the incumbent.
-* **Cached like an online winner**: the next ``apply(tune="rehearse")`` or
-  ``apply(tune="online")`` starts from it and only re-checks it.
+* **Cached like an online winner**: the next ``apply(tune="rehearse")``
+  (or online tuning that may try the same, ``allow=["precision"]``)
+  starts from it and only re-checks it.
 """
 
 from __future__ import annotations
@@ -105,7 +109,10 @@ def rehearse(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimiz
                                                                                     Rehearsal]:
     """The plan with the rehearsal's winner (source ``measured``) and what it
     measured; the user's model and optimizer come back bitwise."""
-    options = replace(options, max_loss=REHEARSAL_MAX_LOSS)
+    # As in the trial search, precision is a speed knob once measured here:
+    # the winner ships as a plan the user sees before training.
+    options = replace(options, max_loss=REHEARSAL_MAX_LOSS,
+                      allow=tuple(dict.fromkeys((*options.allow, "precision"))))
     started_at = budget.elapsed()
     plan, tuning = prepare_online(model, loader, optimizer, contract, planned.plan,
                                   context=planned.context, manager=planned.manager,
