@@ -7,6 +7,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import types
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,35 @@ def test_a_crashed_worker_in_evaluation_is_a_clear_error() -> None:
     with _engine(tuned) as engine:
         with pytest.raises(TrainingError, match=r"DataLoader worker failed in evaluation .*" + DIED):
             engine.evaluate(tuned.loader)
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_dying_mid_transfer_is_the_same_clear_error() -> None:
+    # The race behind an old flake: a worker killed while it sends a batch can
+    # reach the main process as the socket closing (ConnectionResetError)
+    # before torch's SIGCHLD handler reports the death. The error must still
+    # name the dead worker, with the hint -- here with a real killed process
+    # standing for the iterator's worker.
+    from autotune.engine.workers import worker_failures
+
+    worker = multiprocessing.get_context("spawn").Process(target=_die)
+    worker.start()
+    worker.join()
+    iterator = types.SimpleNamespace(_workers=[worker], _shutdown_workers=lambda: None)
+    loader = types.SimpleNamespace(num_workers=1)
+    with pytest.raises(TrainingError, match=r"evaluation .*" + DIED + ".*") as caught:
+        with worker_failures(loader, None, lambda: 2) as iterators:
+            iterators.append(iterator)
+            raise ConnectionResetError(104, "Connection reset by peer")
+    assert f"pid {worker.pid}" in str(caught.value) and "ConnectionResetError" in str(caught.value)
+    # The same error from inside a worker is the dataset's own: left as it is.
+    with pytest.raises(ConnectionResetError):
+        with worker_failures(loader, None, lambda: 2) as iterators:
+            iterators.append(iterator)
+            raise ConnectionResetError("Caught ConnectionResetError in DataLoader worker process 0")
 
 
 def test_persistent_workers_start_afresh_after_a_crash(tmp_path) -> None:

@@ -80,9 +80,10 @@ def worker_failures(loader: Any, epoch: int | None,
         # A dead worker, the step's own error or Ctrl-C: the workers go too,
         # a persistent loader's included (the next epoch starts new ones),
         # and any that iter(loader) was starting when the error struck.
+        cut = _cut_off(exc, [*iterators, getattr(loader, "_iterator", None)])
         _stop_workers([*iterators, getattr(loader, "_iterator", None),
                        *_under_construction(exc.__traceback__)], loader, quiet=True)
-        wrapped = _loader_error(exc, loader, epoch, position())
+        wrapped = _loader_error(cut or exc, loader, epoch, position())
         if wrapped is None:
             raise
         try:
@@ -93,6 +94,28 @@ def worker_failures(loader: Any, epoch: int | None,
             # closes its queues before its workers hear "stop" (then each
             # takes torch's 5 s join timeout).
             del wrapped
+
+
+def _cut_off(exc: BaseException, iterators: list[Any]) -> RuntimeError | None:
+    """A worker that died while it sent a batch: the main process may see
+    the socket close under it (``ConnectionResetError``, ``EOFError``)
+    before torch's SIGCHLD handler reports the death. Then the error is
+    torch's own, naming the dead worker; None when no worker of
+    ``iterators`` has exited (the error is something else's), or when it
+    came from inside a worker (torch re-raises those as "Caught ... in
+    DataLoader worker process N": the dataset's own error)."""
+    if not isinstance(exc, (ConnectionError, EOFError)) \
+            or "in DataLoader worker process" in str(exc):
+        return None
+    workers = [w for it in iterators for w in getattr(it, "_workers", None) or ()]
+    for wait in (0.0, 0.5):  # a worker whose socket closed may still be exiting
+        for worker in workers:
+            worker.join(timeout=wait)
+            if worker.exitcode is not None:
+                return RuntimeError(
+                    f"DataLoader worker (pid {worker.pid}) exited unexpectedly with exit code "
+                    f"{worker.exitcode} ({type(exc).__name__} while it sent a batch: {exc})")
+    return None
 
 
 def _under_construction(traceback: TracebackType | None) -> list[Any]:
