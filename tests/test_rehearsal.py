@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import autotune
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, TrainingError
 from autotune.plan.knobs import Effect
 from autotune.tuner import OnlineOptions
 from autotune.tuner.budget import TOLERANCE_S
@@ -136,3 +136,14 @@ def test_rehearsing_needs_an_optimizer_and_a_loader_and_keeps_the_batch_size():
         autotune.apply(model, batches, tune="rehearse", batch_size=True,
                        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                        loss_fn=nn.functional.cross_entropy)
+
+
+def test_a_model_that_cannot_train_is_one_clear_error_and_loses_nothing():
+    model = nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(2, 5), torch.tensor([0, 1]))] * 4  # 5 features for a 4-input layer
+    with pytest.raises(TrainingError, match="could not train this model.*RuntimeError.*HINT"):
+        autotune.apply(model, batches, tune="rehearse", budget_s=30,
+                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                       loss_fn=nn.functional.cross_entropy)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -43,6 +43,7 @@ import torch
 
 from autotune.applying import apply_plan
 from autotune.engine.engine import Engine
+from autotune.errors import TrainingError
 from autotune.plan.plan import Plan
 from autotune.tuner.budget import Budget, BudgetStop, run_bounded
 from autotune.tuner.candidates import Config
@@ -155,3 +156,14 @@ def _run(engine: Engine, loader: Any, budget: Budget) -> None:
         run_bounded(train, budget, name="autotune-rehearsal")
     except BudgetStop:
         log.info("rehearsal: the budget ran out; the incumbent stays")
+    except KeyboardInterrupt:
+        log.warning("rehearsal interrupted: keeping the best configuration measured so far")
+    except Exception as exc:
+        # A candidate's failure is taken back by the tuner: what gets here
+        # failed under the incumbent -- the user's own settings.
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise TrainingError(
+            f"apply(tune='rehearse') could not train this model on this loader: "
+            f"{type(exc).__name__}: {first}; HINT: check the batch contract -- (inputs, "
+            "targets) with loss_fn, a dict batch for model(**batch), or step_fn(model, batch) "
+            "(docs/engine.md)") from exc
