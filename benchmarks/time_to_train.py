@@ -1,5 +1,6 @@
-"""Time to train, search included: PyTorch defaults, an up-front search and
-online tuning, each training the same workload for the same planned epochs.
+"""Time to train, search included: PyTorch defaults, an up-front search, a
+rehearsal and online tuning, each training the same workload for the same
+planned epochs.
 
     python benchmarks/time_to_train.py                      # cnn, mlp, input; short and long
     python benchmarks/time_to_train.py --workload input --length short --repeats 3
@@ -14,6 +15,9 @@ torch compiler (inductor) cache, as a first run on a new machine:
             then ``tuned.engine(optimizer).fit(tuned.loader, epochs=E)``
   online    ``autotune.apply(model, loader, ..., tune="online")``, the same
             engine and fit: the search runs on the run's own steps
+  rehearse  ``autotune.apply(..., tune="rehearse", budget_s=B)``: the online
+            search before training, for up to the same budget, then the
+            same engine and fit with its winner
 
 The clock runs from just before ``apply`` (for defaults: before the engine
 is built) to ``fit`` returning; the model, loader and optimizer are built
@@ -42,8 +46,9 @@ online's time / defaults' <= 1.03 (online_vs_defaults_<workload>_<length>)
 and online's time / upfront's <= 1.0 (online_vs_upfront_...); on the long
 length, where the up-front search shipped something other than PyTorch
 defaults, online's last-half samples/s / upfront's >= 0.97
-(online_last_half_vs_upfront_<workload>). --target NAME=VALUE changes one
-for every case; the exit code is 1 when one is missed.
+(online_last_half_vs_upfront_<workload>). The rehearsal is recorded beside
+them, with no target of its own. --target NAME=VALUE changes one for every
+case; the exit code is 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -65,7 +70,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_OUT, Disturbance, add_target_option, check, parse_targets,  # noqa: E402
                     provenance, report_targets, utc_now, wait_for_quiet, write_json)
 
-ARMS = ("defaults", "online", "upfront")
+ARMS = ("defaults", "online", "upfront", "rehearse")
+#: The arms whose ``tuned.tuning`` shows an online report.
+PAIRED = ("online", "rehearse")
 WORKLOADS = ("cnn", "mlp", "input")
 LENGTHS = ("short", "long")
 DEFAULTS_LABEL = "PyTorch defaults"
@@ -193,7 +200,7 @@ def tuning_facts(arm: str, tuned: Any) -> dict[str, Any]:
     if arm == "defaults":
         return {"winner": DEFAULTS_LABEL}
     report = tuned.tuning
-    if arm == "online":
+    if arm in PAIRED:
         data = report.to_dict()
         data["chunk_count"] = len(data.pop("chunks"))
         return {"winner": report.report.winner_label, "tuning": data,
@@ -222,7 +229,8 @@ def child_arm(job: dict[str, Any]) -> dict[str, Any]:
         engine = engine_class(model, optimizer, loss_fn, progress=False)
         fit_loader = loader
     else:
-        how = {"budget_s": job["budget_s"]} if arm == "upfront" else {"tune": "online"}
+        how = {"upfront": {"budget_s": job["budget_s"]}, "online": {"tune": "online"},
+               "rehearse": {"budget_s": job["budget_s"], "tune": "rehearse"}}[arm]
         tuned = apply(model, loader, optimizer=optimizer, loss_fn=loss_fn, device="cpu", **how)
         applied = time.perf_counter()
         engine = tuned.engine(optimizer, progress=False)
@@ -349,12 +357,13 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
     width = 0.8 / len(ARMS)
     for i, arm in enumerate(ARMS):
         values = [case["summary"][arm]["time_to_train_s"] or 0.0 for case in cases]
-        bars = ax.bar([x + (i - 1) * width for x in range(len(cases))], values, width, label=arm)
+        offset = (i - (len(ARMS) - 1) / 2) * width
+        bars = ax.bar([x + offset for x in range(len(cases))], values, width, label=arm)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(cases)), [f"{c['workload']}\n{c['length']}, {c['plan']['epochs']} "
                                       "epochs" for c in cases])
     ax.set(ylabel="seconds to train, search included (median)",
-           title="Time to train: defaults vs online tuning vs an up-front search")
+           title="Time to train: defaults, online tuning, an up-front search, a rehearsal")
     ax.legend()
     fig.savefig(path, dpi=100)
 
@@ -368,7 +377,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Nam
     parser.add_argument("--short-s", type=float, help="seconds of a short run at default "
                         "speed (default 60)")
     parser.add_argument("--long-s", type=float, help="seconds of a long run (default 300)")
-    parser.add_argument("--budget", type=float, help="upfront's budget_s (default 60)")
+    parser.add_argument("--budget", type=float, help="upfront's and rehearse's budget_s "
+                        "(default 60)")
     parser.add_argument("--order", default=",".join(ARMS),
                         help="the arms' order in the first repeat (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=1,
@@ -386,7 +396,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Nam
     parser.add_argument("--smoke", action="store_true",
                         help="everything tiny (mlp and input, a few hundred samples, short "
                              f"runs of {SMOKE['short_s']:g} s, budget {SMOKE['budget']:g} s): "
-                             "a quick check of all three arms")
+                             "a quick check of every arm")
     add_target_option(parser, {
         "online_vs_defaults": "online's time / defaults', at most (default "
                               f"{TARGETS['online_vs_defaults']:g})",
@@ -473,8 +483,8 @@ def print_summary(cases: list[dict[str, Any]]) -> None:
             row = {**s, "winner": " / ".join(dict.fromkeys(str(w) for w in s["winners"]))}
             print(f"  {case['workload']}/{case['length']} {arm:<8} {describe(row)}")
         for run in case["runs"]:
-            if run["arm"] == "online" and run.get("summary"):
-                print("    online #{}: {}".format(run["repeat"], run["summary"].replace(
+            if run["arm"] in PAIRED and run.get("summary"):
+                print("    {} #{}: {}".format(run["arm"], run["repeat"], run["summary"].replace(
                     "\n", "\n      ")))
 
 

@@ -382,7 +382,7 @@ def test_the_readme_gives_the_command_that_writes_each_committed_result() -> Non
             assert re.search(rf"{flag}\b", helps[target]), f"{target} has no {flag}"
 
 
-# -- time_to_train: the children (calibration, the three arms) are replaced ----------------
+# -- time_to_train: the children (calibration, the four arms) are replaced ----------------
 
 
 def fake_time_to_train_children(times: dict[str, float], last_half: dict[str, float],
@@ -398,13 +398,14 @@ def fake_time_to_train_children(times: dict[str, float], last_half: dict[str, fl
                       "timed_steps": job["timed_steps"], "step_s": 0.01, "epoch_s": 0.1}
         else:
             arm = job["arm"]
-            result = {"arm": arm, "workload": job["workload"], "time_to_train_s": times[arm],
-                      "apply_s": 1.0 if arm == "upfront" else 0.0,
-                      "train_s": times[arm] - (1.0 if arm == "upfront" else 0.0),
+            searched = 1.0 if arm in ("upfront", "rehearse") else 0.0
+            result = {"arm": arm, "workload": job["workload"],
+                      "time_to_train_s": times.get(arm, 11.0), "apply_s": searched,
+                      "train_s": times.get(arm, 11.0) - searched,
                       "epochs": job["epochs"], "steps": 10 * job["epochs"],
                       "samples": 320 * job["epochs"], "samples_per_s": 50.0,
                       "last_half_epochs": (job["epochs"] + 1) // 2,
-                      "last_half_samples_per_s": last_half[arm],
+                      "last_half_samples_per_s": last_half.get(arm, 98.0),
                       "winner": upfront_winner if arm == "upfront" else "PyTorch defaults"}
         Path(job["out"]).write_text(json.dumps(result))
     return run_child
@@ -438,7 +439,7 @@ def test_time_to_train_records_provenance_and_exit_code(monkeypatch, tmp_path, c
     assert [(c["workload"], c["length"]) for c in record["cases"]] == [
         ("mlp", "short"), ("mlp", "long"), ("input", "short"), ("input", "long")]
     for case in record["cases"]:
-        assert [r["arm"] for r in case["runs"]] == ["defaults", "online", "upfront"]
+        assert [r["arm"] for r in case["runs"]] == ["defaults", "online", "upfront", "rehearse"]
         assert all(r["epochs"] == case["plan"]["epochs"] for r in case["runs"])
         for arm, seconds in times.items():
             assert case["summary"][arm]["time_to_train_s"] == seconds
@@ -452,7 +453,7 @@ def test_time_to_train_records_provenance_and_exit_code(monkeypatch, tmp_path, c
     assert record["targets"]["online_last_half_vs_upfront_mlp"]["measured"] == pytest.approx(0.99)
     # every child a fresh process with its own empty caches
     caches = [env["AUTOTUNE_CACHE_DIR"] for _, _, env in seen]
-    assert len(seen) == 2 + 4 * 3 and len(set(caches)) == len(caches)
+    assert len(seen) == 2 + 4 * 4 and len(set(caches)) == len(caches)
     assert all(env["AUTOTUNE_PROGRESS"] == "0" and env["TORCHINDUCTOR_CACHE_DIR"]
                for _, _, env in seen)
     if missed:
@@ -468,15 +469,16 @@ def test_time_to_train_repeats_rotate_the_order_and_report_medians(monkeypatch,
         {"defaults": 50.0, "online": 99.0, "upfront": 100.0}, "PyTorch defaults", seen))
     out, png = tmp_path / "ttt.json", tmp_path / "ttt.png"
     assert time_to_train.main(["--workload", "input", "--length", "long", "--repeats", "3",
-                               "--order", "upfront,defaults,online", *QUIET, "--out", str(out),
-                               "--plot", str(png)]) == 0
+                               "--order", "upfront,defaults,rehearse,online", *QUIET, "--out",
+                               str(out), "--plot", str(png)]) == 0
     arms = [job["arm"] for kind, job, _ in seen if kind == "--child-arm"]
-    assert arms == ["upfront", "defaults", "online", "defaults", "online", "upfront",
-                    "online", "upfront", "defaults"]
+    assert arms == ["upfront", "defaults", "rehearse", "online",
+                    "defaults", "rehearse", "online", "upfront",
+                    "rehearse", "online", "upfront", "defaults"]
     plots = [job["plot"] for kind, job, _ in seen if job.get("arm") == "online"]
     assert [Path(p).name for p in plots] == [f"ttt_online_input_long_r{r}.png" for r in (1, 2, 3)]
     record = json.loads(out.read_text())
-    assert record["settings"]["order"] == ["upfront", "defaults", "online"]
+    assert record["settings"]["order"] == ["upfront", "defaults", "rehearse", "online"]
     assert record["cases"][0]["summary"]["online"]["time_to_train_s"] == 9.0
     # upfront shipped the defaults: no last-half target
     assert set(record["targets"]) == {"online_vs_defaults_input_long",
@@ -499,7 +501,8 @@ def test_time_to_train_cuts_the_dataset_when_an_epoch_is_long() -> None:
 
 def test_time_to_train_rejects_a_bad_order(tmp_path) -> None:
     time_to_train = script("time_to_train")
-    for bad in (["--order", "defaults,online"], ["--order", "defaults,online,online"],
+    for bad in (["--order", "defaults,online,upfront"],
+                ["--order", "defaults,online,online,rehearse"],
                 ["--target", "online_vs_defaults_mlp_short=1"], ["--repeats", "0"]):
         with pytest.raises(SystemExit):
             time_to_train.main([*QUIET, "--out", str(tmp_path / "x.json"), *bad])
@@ -518,9 +521,11 @@ def test_time_to_train_smoke_runs_every_arm_for_real(tmp_path) -> None:
     for case in record["cases"]:
         assert case["workload"] in record["calibration"]
         runs = {r["arm"]: r for r in case["runs"]}
-        assert set(runs) == {"defaults", "online", "upfront"}
+        assert set(runs) == {"defaults", "online", "upfront", "rehearse"}
         for arm, r in runs.items():
             assert r["time_to_train_s"] > 0 and r["steps"] > 0, arm
             assert r["epochs"] == case["plan"]["epochs"] >= 2
         assert runs["defaults"]["apply_s"] == 0 and runs["upfront"]["tuning"]["search_s"] > 0
-        assert "chunks" not in runs["online"]["tuning"] and runs["online"]["summary"]
+        for paired in ("online", "rehearse"):
+            assert "chunks" not in runs[paired]["tuning"] and runs[paired]["summary"]
+        assert runs["rehearse"]["apply_s"] > 0 and runs["rehearse"]["tuning"]["mode"] == "rehearsal"
