@@ -34,7 +34,8 @@ class Pace:
     def __init__(self, clock: FakeClock, step_time: Callable[[Any, int], float],
                  levels: Sequence[int] = (1,), name: str = "pace",
                  effect: Effect = Effect.SPEED, fail_at: int | None = None,
-                 prior: float = 0.5, phase: str = "step", nan_at: int | None = None) -> None:
+                 prior: float = 0.5, phase: str = "step", nan_at: int | None = None,
+                 first_step_cost: float = 0.0) -> None:
         self.NAME = name
         self.clock = clock
         self.step_time = step_time
@@ -42,6 +43,7 @@ class Pace:
         self.effect = effect
         self.fail_at = fail_at
         self.nan_at = nan_at
+        self.first_step_cost = first_step_cost
         self.prior, self.phase = prior, phase
         self.changes: list[int] = []
 
@@ -51,7 +53,8 @@ class Pace:
 
     @hookimpl
     def autotune_knobs(self) -> dict[str, Knob]:
-        return {"level": Knob(off=0, effect=self.effect, phase=self.phase)}
+        return {"level": Knob(off=0, effect=self.effect, phase=self.phase,
+                              first_step_cost=self.first_step_cost)}
 
     @hookimpl
     def autotune_candidates(self, context: Any, plan: Any) -> list[dict[str, Any]]:

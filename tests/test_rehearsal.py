@@ -96,8 +96,27 @@ def test_the_budget_ends_a_rehearsal_and_the_incumbent_stays():
     assert took < 2.0 + TOLERANCE_S
     assert not report.complete and tuned.plan.get("pace", "level") == 0
     assert "cut short by the budget" in tuned.plan.setting("pace", "level").reason
+    # Stopped by the tuner (too few steps left) or at the deadline: never "trying".
+    assert report.tried[-1].verdict == "stopped", report.tried[-1]
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_a_rehearsal_compares_the_cheap_knobs_before_it_compiles():
+    # The budget pays in a rehearsal: a costly group (first_step_cost, as
+    # compilation) goes last even with the higher prior; online, by prior.
+    clock = FakeClock()
+    costly = Pace(clock, noisy({0: 0.25, 1: 0.2}, 0.0), name="costly", prior=0.9,
+                  first_step_cost=2.0)
+    cheap = Pace(clock, noisy({0: 0.25, 1: 0.2}, 0.0), name="cheap", prior=0.1)
+    tuned, _, _, _ = rehearse([costly, cheap], clock)
+    assert [t.plugin for t in tuned.tuning.report.tried] == ["cheap", "costly"]
+    clock = FakeClock()
+    online, _, _ = train([Pace(clock, noisy({0: 0.25, 1: 0.2}, 0.0), name="costly", prior=0.9,
+                               first_step_cost=2.0),
+                          Pace(clock, noisy({0: 0.25, 1: 0.2}, 0.0), name="cheap", prior=0.1)],
+                         clock=clock)
+    assert [t.plugin for t in online.tuning.report.tried][0] == "costly"
 
 
 def test_a_rehearsed_winner_is_where_online_tuning_starts():

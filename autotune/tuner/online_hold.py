@@ -90,6 +90,12 @@ class AfterSearch:
         self._chunk = self._open(self.incumbent, "incumbent", self.options.warmup_steps,
                                  self.chunk_steps)
 
+    def give_up(self: Any, why: str) -> None:
+        """The run ends here (a rehearsal's budget): a candidate being tried
+        is recorded as stopped, with ``why``; the incumbent stands."""
+        if self._trying is not None:
+            self._settle_candidate("stopped", why)
+
     def _reopen(self: Any, why: str, again: str | None = None) -> None:
         """The loader and thread groups go first again, then the groups cut
         short (``again``'s candidate, a group with candidates left), then
