@@ -121,3 +121,30 @@ def test_bert_with_its_collator_is_tuned_online_while_it_trains() -> None:
     assert all(epoch.samples == 32 for epoch in history)
     assert len({m.label for m in engine.history.marks}) >= 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bert_with_its_collator_is_rehearsed_before_training_and_comes_back() -> None:
+    """A rehearsal trains the Hugging Face model (its own loss, its collator)
+    for real before training, tries the loader settings, and leaves the
+    weights and the optimizer as they were; the run then trains with the
+    winner as a fixed plan."""
+    from autotune.tuner import OnlineOptions
+
+    torch.manual_seed(0)
+    model = bert()
+    loader = DataLoader(sentences(32), batch_size=4, shuffle=True, collate_fn=PadOnly())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eager = OnlineOptions(rehearse=True, chunk_s=0.001, settle_steps=1)
+    tuned = autotune.apply(model, loader, optimizer=optimizer, tune=eager, budget_s=30,
+                           manager=only("dataloader"), remeasure=True)
+    report = tuned.tuning.report
+    assert report.mode == "rehearsal" and report.steps > 0
+    assert [t.plugin for t in report.tried][:1] == ["dataloader"], report.table()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert optimizer.state_dict()["state"] == {}
+    assert tuned.plan.setting("dataloader", "num_workers").source.value == "measured"
+    with tuned.engine(optimizer, progress=False) as engine:
+        assert engine.live_adapters == ()
+        history = engine.fit(tuned.loader, epochs=1)
+    assert history[-1].samples == 32
