@@ -32,9 +32,9 @@ class LiveHook(Protocol):
     the loader is made switchable mid-epoch; ``recover(error, phase) ->
     bool`` -- a step or batch failed: take back the change being tried and
     say True, so it runs once more; ``watches_loss() -> bool`` -- True
-while it tries a change it may take back: each loss is then checked and
-a NaN is such a failure, raised before backward
-(:mod:`autotune.engine.guard`); ``status() -> str`` -- what it is doing,
+    while it tries a change it may take back: each loss is then checked and
+    a NaN is such a failure, raised before backward
+    (:mod:`autotune.engine.guard`); ``status() -> str`` -- what it is doing,
     for the progress bar."""
 
     def at_epoch_start(self, epoch: int) -> None: ...

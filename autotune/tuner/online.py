@@ -106,7 +106,7 @@ class OnlineTuner(AfterSearch):
         self.report.steps = self.steps
         chunk = self._chunk
         chunk.steps += 1
-        if self._trying is not None and self.current is self._trying[1]:
+        if self.watches_loss():  # a candidate is running
             self._trying[0].steps += 1
             fallback = self.space.fell_back(self.engine.plan, self._trying[1], self.incumbent)
             if fallback:
@@ -128,7 +128,7 @@ class OnlineTuner(AfterSearch):
     def recover(self, error: BaseException, phase: str) -> bool:
         """A step or batch failed under a candidate: back to the incumbent,
         and the engine runs the step again there."""
-        if self._trying is None or self.current is not self._trying[1]:
+        if not self.watches_loss():  # no candidate running: nothing to take back
             return False
         first = (str(error).strip().splitlines() or [""])[0][:200]
         return self._fail(f"{type(error).__name__} during {phase}: {first}")
@@ -264,7 +264,7 @@ class OnlineTuner(AfterSearch):
                 return
             group, config = offer
             left = self._steps_left()
-            if left is not None and left < 4 * self.chunk_steps + 2 * self.options.warmup_steps:
+            if left is not None and left < self._compare_steps():
                 self._to_hold(complete=False, why=f"{left} steps left: too few to compare")
                 return
             if self._lost >= self._loss_cap():
@@ -313,16 +313,21 @@ class OnlineTuner(AfterSearch):
 
     def _invest(self, tried: Tried, group: str, costly: float, left: int | None) -> bool:
         prior, step_s = self.space.priors.get(group, 0.1), self.step_s or 0.0
-        compare = 4 * self.chunk_steps + 2 * self.options.warmup_steps
         investment = weigh(tried.label, costly, left, step_s, prior, self.options.repay) \
             if self.budget is None else \
-            afford(tried.label, costly, compare, step_s, prior, self.budget.remaining())
+            afford(tried.label, costly, self._compare_steps(), step_s, prior,
+                   self.budget.remaining())
         self.report.investments.append(investment)
         if not investment.tried:
             tried.verdict, tried.reason = "not tried", investment.why_not(self.options.repay)
         return investment.tried
 
     # -- helpers -------------------------------------------------------------------
+    def _compare_steps(self) -> int:
+        """Steps the shortest comparison takes: two pairs of chunks, each
+        candidate chunk after a warm-up."""
+        return 4 * self.chunk_steps + 2 * self.options.warmup_steps
+
     def _steps_left(self) -> int | None:
         engine = self.engine
         if engine.planned_micro_steps is None:

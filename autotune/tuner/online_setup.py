@@ -102,7 +102,6 @@ class OnlineTuning(ShowsReport):
                                   f"({exc.strerror or exc})")
 
 
-
 def prepare_online(model: torch.nn.Module, loader: Any, optimizer: Any, loss_fn: Any,
                    plan: Plan, *, context: Any, manager: Any, device: torch.device,
                    options: OnlineOptions, remeasure: bool = False,
