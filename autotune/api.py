@@ -109,10 +109,12 @@ def apply(model: torch.nn.Module, loader: Any = None, *, optimizer: Any = None,
                         overrides=overrides, profile_dirs=profile_dirs, plugins=plugins,
                         strict=strict, manager=manager)
     contract = StepContract.of(loss_fn, step_fn, batch_size_fn)
+    if online is not None and online.rehearse:
+        return _apply_rehearsed(model, loader, optimizer, contract, planned, target, online,
+                                budget, remeasure)
     if online is not None:
-        before_training = _apply_rehearsed if online.rehearse else _apply_online
-        return before_training(model, loader, optimizer, contract, planned, target, online,
-                               budget, remeasure)
+        return _apply_online(model, loader, optimizer, contract, planned, target, online,
+                             remeasure)
     # Measured tuning refines the plan here: trials on the user's model and
     # loader (state restored after), the winner written with source "measured".
     measured = measure(model, loader, planned.plan, planned, device=target, optimizer=optimizer,
@@ -150,10 +152,9 @@ def _online_options(tune: Any, allow: Iterable[str], batch_size: bool) -> Online
 
 def _apply_online(model: torch.nn.Module, loader: Any, optimizer: Any, contract: StepContract,
                   planned: Any, target: torch.device, options: OnlineOptions,
-                  budget: Budget, remeasure: bool) -> Tuned:
-    """No trial now (nothing is measured here: ``budget`` is unused): the
-    plan starts at PyTorch defaults (or a cached online winner) and
-    ``tuned.engine(...)`` searches while it trains."""
+                  remeasure: bool) -> Tuned:
+    """No trial now: the plan starts at PyTorch defaults (or a cached online
+    winner) and ``tuned.engine(...)`` searches while it trains."""
     if loader is None:
         raise AutotuneError("apply(tune='online') tunes the run that trains on loader=...; "
                             "HINT: pass the training DataLoader")
