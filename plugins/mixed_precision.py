@@ -147,6 +147,13 @@ def _grad_scaler(device_type: str) -> Any:
     return torch.cuda.amp.GradScaler(enabled=device_type == "cuda")
 
 
+def _autocast_dtype(dtype: str) -> Any:
+    """The torch dtype autocast runs in for ``dtype`` (None: fp32, autocast off)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+
+
 def setup_precision(engine: Any, dtype: str, grad_scaler: bool, tf32: bool | None = None) -> None:
     """Install autocast (with a GradScaler for fp16) on ``engine``; on CUDA
     also set TF32, undone when the engine closes."""
@@ -159,7 +166,7 @@ def setup_precision(engine: Any, dtype: str, grad_scaler: bool, tf32: bool | Non
         engine.revise_plan(NAME, {"dtype": "fp16", "grad_scaler": True}, why)
         dtype, grad_scaler = "fp16", True
     if dtype in ("bf16", "fp16"):
-        torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+        torch_dtype = _autocast_dtype(dtype)
         scaler = _grad_scaler(device_type) if dtype == "fp16" and grad_scaler else None
         engine.plugin_state(NAME).update(dtype=torch_dtype, scaler=scaler, kept_scaler=scaler)
         engine.note(NAME, Kind.APPLIED, f"autocast({device_type}, {dtype})"
@@ -205,7 +212,7 @@ def autotune_live_change(engine: Any, values: Mapping[str, Any]) -> bool:
     state = engine.plugin_state(NAME)
     if dtype == "fp16" and scaled and state.get("kept_scaler") is None:
         state["kept_scaler"] = _grad_scaler(device_type)
-    state["dtype"] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    state["dtype"] = _autocast_dtype(dtype)
     state["scaler"] = state.get("kept_scaler") if dtype == "fp16" and scaled else None
     if "tf32" in values and values["tf32"] is not None and device_type == "cuda":
         engine.on_close(set_tf32(bool(values["tf32"])))  # undone last-first at close

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -70,7 +72,7 @@ class _Deadline:
 
     def __init__(self, engine: Engine, tuner: Any, budget: Budget) -> None:
         self.engine, self.tuner, self.budget = engine, tuner, budget
-        self.step_s: list[float] = []
+        self.step_s: deque[float] = deque(maxlen=5)  # the recent steps price the rest
 
     def start(self) -> None:
         pass
@@ -82,7 +84,7 @@ class _Deadline:
         if self.tuner.phase == "hold":
             raise _SearchOver
         self.step_s.append(data_wait_s + step_s)
-        recent = sorted(self.step_s[-5:])[len(self.step_s[-5:]) // 2]
+        recent = statistics.median(self.step_s)
         left = self.budget.remaining()
         if math.isfinite(left):
             self.engine.planned_micro_steps = self.engine.micro_steps + int(left / max(recent,
