@@ -30,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (DEFAULT_OUT, Disturbance, add_target_option, check, parse_targets,  # noqa: E402
-                    provenance, report_targets, utc_now, wait_for_quiet, write_json)
+from common import (DEFAULT_OUT, Disturbance, add_target_option, check, cold_env,  # noqa: E402
+                    parse_targets, provenance, report_targets, utc_now, wait_for_quiet,
+                    write_json)
 
 TARGET_SHORT_VS_LONG = 0.97
 
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for budget in budgets:
             print(f"== apply(budget_s={budget:g}) on {args.workload}, cold caches", flush=True)
             cold = Path(tempfile.mkdtemp(dir=scratch))
-            env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(cold / "autotune"),
-                   "TORCHINDUCTOR_CACHE_DIR": str(cold / "inductor"), "AUTOTUNE_PROGRESS": "0"}
+            env = cold_env(cold)
             result = cold / "search.json"
             run_child(["--child-search", args.workload, str(budget), str(result)], env)
             search = json.loads(result.read_text())

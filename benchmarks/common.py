@@ -199,6 +199,14 @@ class Disturbance:
         return max(0.0, foreign / (wall * self.cores))
 
 
+def cold_env(folder: Path) -> dict[str, str]:
+    """The environment of a child process that starts as a first call on a
+    new machine would: an empty tuning cache and an empty torch compiler
+    (inductor) cache, both under ``folder``, and no progress bars."""
+    return {**os.environ, "AUTOTUNE_CACHE_DIR": str(folder / "autotune"),
+            "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"), "AUTOTUNE_PROGRESS": "0"}
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -67,8 +66,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (DEFAULT_OUT, Disturbance, add_target_option, check, parse_targets,  # noqa: E402
-                    provenance, report_targets, utc_now, wait_for_quiet, write_json)
+from common import (DEFAULT_OUT, Disturbance, add_target_option, check, cold_env,  # noqa: E402
+                    parse_targets, provenance, report_targets, utc_now, wait_for_quiet,
+                    write_json)
 
 ARMS = ("defaults", "online", "upfront", "rehearse")
 #: The arms whose ``tuned.tuning`` shows an online report.
@@ -258,8 +258,7 @@ def in_fresh_process(kind: str, job: dict[str, Any], scratch: Path) -> dict[str,
     cold = Path(tempfile.mkdtemp(dir=scratch))
     job = {**job, "out": str(cold / "result.json")}
     (cold / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(cold / "autotune"),
-           "TORCHINDUCTOR_CACHE_DIR": str(cold / "inductor"), "AUTOTUNE_PROGRESS": "0"}
+    env = cold_env(cold)
     run_child([f"--child-{kind}", str(cold / "job.json")], env)
     return json.loads(Path(job["out"]).read_text())
 

@@ -32,8 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (DEFAULT_OUT, Disturbance, add_target_option, check, parse_targets,  # noqa: E402
-                    provenance, report_targets, utc_now, wait_for_quiet, write_json)
+from common import (DEFAULT_OUT, Disturbance, add_target_option, check, cold_env,  # noqa: E402
+                    parse_targets, provenance, report_targets, utc_now, wait_for_quiet,
+                    write_json)
 
 TARGET_REHEARSE_VS_GRID = 0.97
 MODES = {"search": "trial search", "rehearse": "rehearsal"}
@@ -117,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: apply(budget_s={args.budget:g}) on {args.workload}, cold caches",
                   flush=True)
             cold = Path(tempfile.mkdtemp(dir=scratch))
-            env = {**os.environ, "AUTOTUNE_CACHE_DIR": str(cold / "autotune"),
-                   "TORCHINDUCTOR_CACHE_DIR": str(cold / "inductor"), "AUTOTUNE_PROGRESS": "0"}
+            env = cold_env(cold)
             result = cold / "search.json"
             run_child(["--child-search", args.workload, mode, str(args.budget), str(result)],
                       env)
